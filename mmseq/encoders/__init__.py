@@ -1,0 +1,6 @@
+"""Encoders: one file per modality, all behind :class:`Encoder` and one registry."""
+
+from .base import ENCODERS, Encoder, create_encoder, lengths_to_mask, list_encoders, register_encoder
+from . import speech  # noqa: F401  (registers the speech encoders)
+
+__all__ = ["ENCODERS", "Encoder", "create_encoder", "lengths_to_mask", "list_encoders", "register_encoder"]
