@@ -1,0 +1,139 @@
+"""The ``mmseq`` command: train, eval, transcribe, caption, encoders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import MmseqError
+
+
+def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beam-size", type=int, help="beam width (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=16, help="inputs decoded together (default 16)")
+    parser.add_argument("--ctc-weight", type=float, help="joint CTC/attention weight (speech)")
+    parser.add_argument("--length-penalty", type=float, help="score / length ** penalty")
+    parser.add_argument("--prompt", help="prompt tokens and/or text prefix, e.g. '<|short|> a photo of'")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+
+def _options(args) -> dict:
+    names = {"beam_size": args.beam_size, "ctc_weight": args.ctc_weight, "length_penalty": args.length_penalty}
+    return {k: v for k, v in names.items() if v is not None}
+
+
+def _load(args):
+    import torch
+
+    from .model import load
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load(args.checkpoint, device)
+
+
+def command_train(args) -> int:
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from torch.distributed.run import main as torchrun
+        torchrun([f"--nproc_per_node={args.nproc}", "-m", "mmseq", "train", args.config, *args.overrides])
+        return 0
+    from .config import load_config
+    from .train import train
+    best = train(load_config(args.config, args.overrides))
+    if best is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"best checkpoint: {best}")
+    return 0
+
+
+def command_eval(args) -> int:
+    from .evaluate import evaluate
+    model = _load(args)
+    out = args.out or Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
+    metrics = evaluate(model, args.manifest, out, batch_size=args.batch_size, prompt=args.prompt,
+                       **_options(args))
+    width = max(map(len, metrics))
+    for name, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def _decode_files(args) -> int:
+    from .inference import iter_decode
+    from .errors import InputError
+    model = _load(args)
+    failures = 0
+    results = {}
+    for index, result in iter_decode(model, args.inputs, args.batch_size, prompt=args.prompt, **_options(args)):
+        if isinstance(result, InputError):
+            print(f"mmseq: error: {result}", file=sys.stderr)
+            failures += 1
+        else:
+            results[index] = result
+            if len(args.inputs) == 1 or not args.ordered:
+                print(f"{args.inputs[index]}\t{result}" if len(args.inputs) > 1 else result, flush=True)
+    if args.ordered and len(args.inputs) > 1:
+        for index in sorted(results):
+            print(f"{args.inputs[index]}\t{results[index]}")
+    if getattr(args, "attention", None):
+        from .plots import plot_attention
+        plot_attention(model, args.inputs[0], args.attention, prompt=args.prompt)
+        print(f"attention plot: {args.attention}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def command_encoders(args) -> int:
+    from .encoders import ENCODERS
+    for name in ENCODERS.names():
+        print(f"{name:<24} {ENCODERS.origin(name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmseq", description="Multimodal sequence-to-sequence learning.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train any task from a YAML config")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as trainer.max_epochs=3")
+    p.add_argument("--nproc", type=int, default=0, help="processes on this machine (DDP through torchrun)")
+    p.set_defaults(run=command_train)
+
+    p = commands.add_parser("eval", help="decode a manifest and score it with the task's metrics")
+    p.add_argument("checkpoint")
+    p.add_argument("manifest")
+    p.add_argument("--out", default=None,
+                   help="folder for metrics.json and hypotheses.jsonl (default: eval-MANIFEST beside the checkpoint)")
+    _decoding_arguments(p)
+    p.set_defaults(run=command_eval)
+
+    for name, noun in (("transcribe", "audio"), ("caption", "image")):
+        p = commands.add_parser(name, help=f"print one {'transcript' if name == 'transcribe' else 'caption'} "
+                                           f"per {noun} file")
+        p.add_argument("checkpoint")
+        p.add_argument("inputs", nargs="+", metavar=noun.upper())
+        p.add_argument("--attention", metavar="PNG", help="draw the decoder's cross-attention for the first input")
+        p.add_argument("--ordered", action="store_true", help="print results in input order at the end")
+        _decoding_arguments(p)
+        p.set_defaults(run=_decode_files)
+
+    p = commands.add_parser("encoders", help="list the registered encoders, built-in and from plugins")
+    p.set_defaults(run=command_encoders)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except MmseqError as error:
+        print(f"mmseq: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

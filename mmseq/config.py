@@ -1,0 +1,129 @@
+"""Experiment configuration: dataclasses with defaults that work, read from YAML with dotted
+``key=value`` overrides (``trainer.max_epochs=3 model.decoder.layers=4``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+from .model import ModelConfig
+from .search import DecodingOptions
+from .tokenizer import TASK_TOKENS
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # manifests (JSON Lines)
+    valid: str | None = None
+    test: str | None = None
+    batch_size: float = 32  # padded size of a batch: seconds of audio for speech, examples otherwise
+    max_batch_examples: int | None = None  # cap on examples per batch whatever their size
+    num_workers: int = 2  # DataLoader worker processes
+    max_bad_examples: int = 100  # unreadable examples skipped in a run before training stops
+
+
+@dataclass
+class TokenizerConfig:
+    type: str = "char"  # "char" or "sentencepiece", trained on the training manifest's text
+    vocab_size: int = 500  # sentencepiece only
+    model_type: str = "unigram"  # sentencepiece only: "unigram" or "bpe"
+    prompt_tokens: list[str] = field(default_factory=lambda: list(TASK_TOKENS))  # task and control tokens
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps
+    lr: float = 1e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.01  # on matrices only, not on biases and norms
+    warmup_steps: int = 500
+    schedule: str = "cosine"  # after warmup: "cosine", "noam" (inverse square root) or "constant"
+    min_lr_ratio: float = 0.02  # cosine floor as a share of ``lr``
+    grad_clip: float = 5.0
+    accumulate: int = 1  # batches per optimizer step
+    precision: str = "auto"  # "auto" (bf16 on GPUs with it, else fp16; fp32 on CPU), "fp32", "bf16", "fp16"
+    device: str = "auto"
+    seed: int = 0
+    compile: bool = False  # torch.compile the model
+    keep_best: int = 3  # checkpoints kept by validation metric (the latest is always kept too)
+    val_metric: str = "loss"  # "loss", "accuracy", or the task's metric ("wer", "CIDEr", "bleu")
+    val_beam_size: int = 1  # beam for the task metric during validation
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: end of epoch only)
+    log_every: int = 25
+    nonfinite_limit: int = 20  # non-finite losses in a row before training stops
+
+
+@dataclass
+class Config:
+    task: str = "asr"
+    output_dir: str = "exp/run"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+
+
+def _parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(tree: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"override {key}: {part!r} is not a section")
+    tree[parts[-1]] = value
+
+
+def _build(cls, values: dict, where: str):
+    """A dataclass from a dict; nested dataclasses recursively, unknown keys refused.
+    Fields typed ``dict`` (encoder and decoder settings) are taken as they are."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown setting {where + '.' if where else ''}{unknown[0]}; "
+                          f"known: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in values.items():
+        default = cls.__dataclass_fields__[name].default_factory \
+            if cls.__dataclass_fields__[name].default_factory is not dataclasses.MISSING else None
+        sample = default() if default else None
+        if dataclasses.is_dataclass(sample):
+            kwargs[name] = _build(type(sample), value or {}, f"{where}.{name}".strip("."))
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config and apply ``key=value`` overrides; unknown keys raise :class:`ConfigError`."""
+    tree = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} must look like key=value")
+        key, value = override.split("=", 1)
+        _set_dotted(tree, key.strip(), _parse_value(value))
+    return _build(Config, tree, "")
+
+
+def config_to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)

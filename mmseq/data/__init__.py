@@ -1,0 +1,1 @@
+"""Manifests, audio and image loading, and length-bucketed batching."""

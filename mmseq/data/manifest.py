@@ -1,0 +1,70 @@
+"""JSON Lines manifests: one example a line, paths relative to the manifest's own folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import ManifestError
+
+# What each field must hold; ``path`` fields are resolved against the manifest's folder.
+FIELD_TYPES = {
+    "id": str, "audio": "path", "image": "path", "text": str, "source": str, "duration": (int, float),
+    "captions": list, "task": str, "prompt": str,
+}
+
+
+def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: Path) -> dict:
+    """One manifest line to an example dict, or :class:`ManifestError` naming ``path:number``."""
+    try:
+        example = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ManifestError(path, number, f"not valid JSON ({error.msg})") from None
+    if not isinstance(example, dict):
+        raise ManifestError(path, number, f"expected a JSON object, got {type(example).__name__}")
+    for name in required:
+        if name not in example:
+            raise ManifestError(path, number, f"missing field {name!r}")
+    for name, kind in FIELD_TYPES.items():
+        if name not in example:
+            continue
+        value = example[name]
+        if kind == "path":
+            if not isinstance(value, str) or not value:
+                raise ManifestError(path, number, f"field {name!r} must be a non-empty path string")
+            example[name] = value if os.path.isabs(value) else str(folder / value)
+        elif isinstance(value, bool) or not isinstance(value, kind):
+            raise ManifestError(path, number, f"field {name!r} has the wrong type ({type(value).__name__})")
+    if "captions" in example:
+        captions = example["captions"]
+        if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
+            raise ManifestError(path, number, "field 'captions' must be a non-empty list of non-empty strings")
+    if "text" in required and not example["text"].strip():
+        raise ManifestError(path, number, "empty text")
+    example.setdefault("id", f"{Path(path).stem}-{number}")
+    example["_where"] = f"{path}:{number}"
+    return example
+
+
+def read_manifest(path, required: tuple[str, ...] = (), skip_errors: bool = False):
+    """Read a manifest; returns ``(examples, errors)``.
+
+    Each example gets ``_where`` (``"file:line"``) so later errors can name it. A bad line raises
+    :class:`ManifestError`, or with ``skip_errors`` is left out and its error returned.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(path, None, "manifest not found" if not path.exists() else "not a file")
+    examples, errors = [], []
+    with open(path, encoding="utf-8", errors="replace") as file:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                examples.append(parse_line(line, path, number, required, path.parent))
+            except ManifestError as error:
+                if not skip_errors:
+                    raise
+                errors.append(error)
+    return examples, errors

@@ -1,0 +1,169 @@
+"""The one text decoder every task shares: a pre-norm Transformer with cross-attention over any
+encoder's ``(memory, mask)``, tied input and output embeddings, and an explicit KV cache.
+
+The cache is owned by the decoding loop (see :mod:`mmseq.search`), not hidden in module state:
+``init_cache`` computes the cross-attention keys and values once per input, ``step`` appends the
+new tokens' self-attention keys and values, and ``DecoderCache.reorder`` follows the beam with one
+index operation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int = 0  # set from the tokenizer
+    dim: int = 256  # width of the token vectors
+    layers: int = 6
+    heads: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    max_length: int = 512  # longest token sequence, prompt included (learned positions)
+    memory_dim: int | None = None  # encoder width when it differs from ``dim`` (projected)
+
+
+@dataclass
+class DecoderCache:
+    """Keys and values for incremental decoding of ``rows`` sequences.
+
+    ``self_kv``: ``(layers, 2, rows, heads, max_length, head_dim)``, filled up to ``length``.
+    ``cross_kv``: per layer ``(2, rows, heads, frames, head_dim)``, computed once from the memory.
+    """
+
+    self_kv: torch.Tensor
+    cross_kv: list[torch.Tensor]
+    memory_mask: torch.Tensor  # (rows, frames), True on real frames
+    length: int = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Make row ``i`` continue the hypothesis of row ``index[i]`` (same input): one index op."""
+        filled = self.self_kv[:, :, :, :, : self.length]
+        filled.copy_(filled.index_select(2, index))
+
+    def select(self, index: torch.Tensor) -> "DecoderCache":
+        """Keep only some rows (and their inputs' cross-attention), e.g. when inputs finish."""
+        return DecoderCache(self.self_kv.index_select(2, index), [kv.index_select(1, index) for kv in self.cross_kv],
+                            self.memory_mask.index_select(0, index), self.length)
+
+    def repeat(self, times: int) -> "DecoderCache":
+        """Each row ``times`` times in a row (for a beam over each input)."""
+        return DecoderCache(self.self_kv.repeat_interleave(times, 2),
+                            [kv.repeat_interleave(times, 1) for kv in self.cross_kv],
+                            self.memory_mask.repeat_interleave(times, 0), self.length)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        dim, self.heads = config.dim, config.heads
+        self.self_norm, self.cross_norm, self.ffn_norm = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_qkv = nn.Linear(dim, 3 * dim)
+        self.self_out = nn.Linear(dim, dim)
+        self.cross_q = nn.Linear(dim, dim)
+        self.cross_kv = nn.Linear(dim, 2 * dim)
+        self.cross_out = nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(), nn.Dropout(config.dropout),
+                                 nn.Linear(config.ffn_dim, dim))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def memory_kv(self, memory: torch.Tensor) -> torch.Tensor:
+        """``(2, batch, heads, frames, head_dim)`` cross-attention keys and values."""
+        kv = self.cross_kv(memory).view(memory.shape[0], memory.shape[1], 2, self.heads, -1)
+        return kv.permute(2, 0, 3, 1, 4)
+
+    def forward(self, x, cross_kv, memory_mask, self_kv=None, start=0, return_attention=False):
+        batch, length, dim = x.shape
+        drop = self.dropout.p if self.training else 0.0
+        q, k, v = self.self_qkv(self.self_norm(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if self_kv is None:
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        else:  # incremental: write the new keys and values into the cache, attend to all so far
+            self_kv[0, :, :, start:start + length] = k
+            self_kv[1, :, :, start:start + length] = v
+            k, v = self_kv[0, :, :, : start + length], self_kv[1, :, :, : start + length]
+            causal = None
+            if length > 1:
+                causal = torch.ones(length, start + length, dtype=torch.bool, device=x.device).tril(start)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=drop)
+        x = x + self.dropout(self.self_out(attended.transpose(1, 2).reshape(batch, length, dim)))
+
+        q = _split_heads(self.cross_q(self.cross_norm(x)), self.heads)
+        mask = memory_mask[:, None, None, :]
+        attended = F.scaled_dot_product_attention(q, cross_kv[0], cross_kv[1], attn_mask=mask, dropout_p=drop)
+        weights = None
+        if return_attention:  # only for plots: SDPA does not return its weights
+            scores = (q @ cross_kv[0].transpose(-1, -2)) / q.shape[-1] ** 0.5
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)
+        x = x + self.dropout(self.cross_out(attended.transpose(1, 2).reshape(batch, length, dim)))
+        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
+        return x, weights
+
+
+class TextDecoder(nn.Module):
+    """Pre-norm Transformer decoder over token ids ``(batch, length)`` and a memory ``(batch, frames, dim)``."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.positions = nn.Embedding(config.max_length, config.dim)
+        memory_dim = config.memory_dim or config.dim
+        self.memory_proj = nn.Linear(memory_dim, config.dim) if memory_dim != config.dim else nn.Identity()
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        nn.init.normal_(self.embed.weight, std=config.dim ** -0.5)
+        nn.init.normal_(self.positions.weight, std=0.02)
+
+    def _embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        if start + tokens.shape[1] > self.config.max_length:
+            raise ValueError(f"token sequence longer than the decoder's max_length {self.config.max_length}")
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        return self.dropout(self.embed(tokens) * self.config.dim ** 0.5 + self.positions(positions))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(x), self.embed.weight)  # tied with the input embedding
+
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                return_attention: bool = False):
+        """Logits ``(batch, length, vocab)`` for every position at once (teacher forcing).
+
+        With ``return_attention`` also the last layer's cross-attention ``(batch, length, frames)``,
+        averaged over heads.
+        """
+        memory = self.memory_proj(memory)
+        x = self._embed(tokens, 0)
+        weights = None
+        for layer in self.layers:
+            x, weights = layer(x, layer.memory_kv(memory), memory_mask, return_attention=return_attention)
+        logits = self._logits(x)
+        return (logits, weights) if return_attention else logits
+
+    def init_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor, max_length: int | None = None) -> DecoderCache:
+        """A cache for ``memory``'s rows; cross-attention keys and values are computed here, once."""
+        memory = self.memory_proj(memory)
+        max_length = min(max_length or self.config.max_length, self.config.max_length)
+        head_dim = self.config.dim // self.config.heads
+        self_kv = memory.new_zeros(len(self.layers), 2, memory.shape[0], self.config.heads, max_length, head_dim)
+        return DecoderCache(self_kv, [layer.memory_kv(memory) for layer in self.layers], memory_mask, 0)
+
+    def step(self, tokens: torch.Tensor, cache: DecoderCache, return_attention: bool = False):
+        """Logits ``(rows, new, vocab)`` for new tokens ``(rows, new)`` that follow the cached ones."""
+        x = self._embed(tokens, cache.length)
+        weights = None
+        for i, layer in enumerate(self.layers):
+            x, weights = layer(x, cache.cross_kv[i], cache.memory_mask, cache.self_kv[i], cache.length,
+                               return_attention)
+        cache.length += tokens.shape[1]
+        logits = self._logits(x)
+        return (logits, weights) if return_attention else logits

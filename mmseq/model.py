@@ -1,0 +1,224 @@
+"""``Seq2Seq``: any registered encoder, the shared text decoder and an optional CTC head; saving
+and loading checkpoint folders (``config.json`` + ``model.safetensors`` + tokenizer files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import __version__
+from .decoder import DecoderConfig, TextDecoder
+from .encoders import ENCODERS, create_encoder
+from .errors import CheckpointError, ConfigError
+from .search import DecodingOptions, Hypothesis, beam_search, greedy_search
+from .tasks import TASKS, create_task
+from .tokenizer import Tokenizer, build_tokenizer
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+@dataclass
+class ModelConfig:
+    encoder: dict = field(default_factory=lambda: {"name": "conformer"})  # name + the encoder's settings
+    decoder: dict = field(default_factory=dict)  # DecoderConfig settings
+    ctc_weight: float = 0.3  # share of the CTC loss in joint training (0: no CTC head)
+    label_smoothing: float = 0.1
+
+
+class Seq2Seq(nn.Module):
+    """Encoder + decoder (+ CTC head) for one task. ``forward(batch)`` gives the training losses."""
+
+    def __init__(self, config: ModelConfig, tokenizer: Tokenizer, task: str, decoding: dict | None = None):
+        super().__init__()
+        self.config, self.tokenizer, self.task_name = config, tokenizer, task
+        encoder_settings = dict(config.encoder)
+        name = encoder_settings.pop("name", None)
+        if name is None:
+            raise ConfigError("model.encoder needs a 'name' (see `mmseq encoders`)")
+        self.encoder = create_encoder(name, **encoder_settings)
+        decoder_config = DecoderConfig(**{**config.decoder, "vocab_size": tokenizer.vocab_size,
+                                          "memory_dim": self.encoder.output_dim})
+        self.decoder = TextDecoder(decoder_config)
+        self.ctc_head = nn.Linear(self.encoder.output_dim, tokenizer.vocab_size) if config.ctc_weight > 0 else None
+        self.task = create_task(task, self.encoder, tokenizer, decoder_config.max_length)
+        self.decoding = DecodingOptions(**(decoding or {}))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor | None):
+        return self.encoder(inputs, lengths)
+
+    def forward(self, batch: dict) -> dict:
+        """Joint CTC/attention loss of a batch from the task's ``collate``.
+
+        Returns ``loss_sum`` (summed over the batch's examples, as ESPnet does: the trainer divides
+        by the examples of the whole optimizer step, so accumulation and data parallelism give the
+        same update as one large batch), ``loss`` (per example), ``attention_loss``, ``ctc_loss``
+        (per example), ``examples``, ``correct`` and ``tokens`` (for accuracy).
+        """
+        memory, memory_mask = self.encode(batch["inputs"], batch.get("lengths"))
+        tokens = batch["tokens"]
+        examples = tokens.shape[0]
+        logits = self.decoder(tokens[:, :-1], memory, memory_mask)
+        targets = tokens[:, 1:].clone()
+        # The prompt is given, not predicted: only the text and </s> are scored.
+        position = torch.arange(targets.shape[1], device=targets.device)[None]
+        targets[(position < batch["prefix_lengths"][:, None] - 1) | (targets == self.tokenizer.pad_id)] = -100
+        attention_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                        label_smoothing=self.config.label_smoothing, reduction="sum")
+        counted = targets != -100
+        out = {"attention_loss": attention_sum / examples, "examples": examples, "tokens": counted.sum(),
+               "correct": ((logits.argmax(-1) == targets) & counted).sum()}
+        loss_sum = attention_sum
+        if self.ctc_head is not None:
+            ctc_sum = self.ctc_loss(memory, memory_mask, tokens, batch["prefix_lengths"])
+            out["ctc_loss"] = ctc_sum / examples
+            loss_sum = self.config.ctc_weight * ctc_sum + (1 - self.config.ctc_weight) * attention_sum
+        out["loss_sum"], out["loss"] = loss_sum, loss_sum / examples
+        return out
+
+    def ctc_log_probs(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.ctc_head(memory).float().log_softmax(-1)
+
+    def ctc_loss(self, memory, memory_mask, tokens, prefix_lengths) -> torch.Tensor:
+        """CTC loss summed over the batch, on the text tokens (prompt, ``<s>``, ``</s>`` excluded);
+        the blank is ``<pad>``."""
+        position = torch.arange(tokens.shape[1], device=tokens.device)[None]
+        is_text = (position >= prefix_lengths[:, None]) & (tokens != self.tokenizer.pad_id) \
+            & (tokens != self.tokenizer.eos_id)
+        log_probs = self.ctc_log_probs(memory).transpose(0, 1)
+        return F.ctc_loss(log_probs, tokens[is_text], memory_mask.sum(1), is_text.sum(1),
+                          blank=self.tokenizer.pad_id, reduction="sum", zero_infinity=True)
+
+    # -- decoding ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: dict, prompt: str | list[int] | None = None, **options) -> list[list[Hypothesis]]:
+        """Decode a batch (``inputs``, ``lengths``); returns n-best hypotheses per input.
+
+        ``prompt``: prompt tokens and/or a text prefix the decoder is forced through after the
+        task token (a string such as ``"<|short|> a photo of"``, or ids). ``options`` override the
+        checkpoint's :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ...).
+        """
+        options = DecodingOptions(**{**asdict(self.decoding), **options})
+        prompt_ids = self.task.prompt() + (self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str)
+                                           else list(prompt or []))
+        inputs = batch["inputs"].to(self.device)
+        lengths = batch.get("lengths")
+        memory, memory_mask = self.encode(inputs, lengths.to(self.device) if lengths is not None else None)
+        use_ctc = options.ctc_weight > 0 and self.ctc_head is not None
+        if options.beam_size == 1 and not use_ctc:
+            return [[hyp] for hyp in greedy_search(self, memory, memory_mask, prompt_ids, options)]
+        ctc = self.ctc_log_probs(memory) if use_ctc else None
+        return beam_search(self, memory, memory_mask, prompt_ids, options, ctc)
+
+    def decode_texts(self, batch: dict, **options) -> list[str]:
+        return [self.tokenizer.decode(hyps[0].tokens) if hyps else "" for hyps in self.generate(batch, **options)]
+
+    def _run(self, sources, batch_size: int, **options) -> list[str]:
+        from .inference import decode_sources
+
+        return decode_sources(self, sources, batch_size=batch_size, **options)
+
+    def transcribe(self, audio, batch_size: int = 16, **options) -> list[str]:
+        """Transcripts of audio files, waveforms (at the encoder's sample rate) or both."""
+        return self._run(audio, batch_size, **options)
+
+    def caption(self, images, batch_size: int = 16, **options) -> list[str]:
+        """Captions of image files, PIL images or both."""
+        return self._run(images, batch_size, **options)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint_config(self) -> dict:
+        return {"mmseq_version": __version__, "task": self.task_name, "model": asdict(self.config),
+                "tokenizer": self.tokenizer.config(), "decoding": asdict(self.decoding)}
+
+    def save(self, folder: str | os.PathLike, write_extra=None) -> Path:
+        """Write a checkpoint folder atomically: into a temporary folder, then renamed into place.
+
+        ``write_extra(tmp_folder)`` may add files (the trainer's state) inside the same rename."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.checkpoint_config(), indent=1))
+            # Cloned: safetensors refuses tensors that share storage (torchaudio's window buffers do).
+            save_file({k: v.detach().clone().contiguous() for k, v in self.state_dict().items()},
+                      str(tmp / WEIGHTS_FILE))
+            self.tokenizer.save(tmp)
+            if write_extra is not None:
+                write_extra(tmp)
+            _fsync_folder(tmp)
+            if folder.exists():
+                old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(folder, old)
+                os.rename(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+
+def _fsync_folder(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+
+
+def build_model(config: dict, folder: str | os.PathLike | None = None) -> Seq2Seq:
+    """A model from a checkpoint-style config dict (``task``, ``model``, ``tokenizer``, ``decoding``)."""
+    for key in ("task", "model", "tokenizer"):
+        if key not in config:
+            raise ConfigError(f"config lacks {key!r}")
+    if config["task"] not in TASKS:
+        raise ConfigError(f"unknown task {config['task']!r}; registered: {', '.join(TASKS.names())}")
+    encoder = config["model"].get("encoder", {}).get("name")
+    if encoder not in ENCODERS:
+        raise ConfigError(f"unknown encoder {encoder!r}; registered: {', '.join(ENCODERS.names())}")
+    tokenizer = build_tokenizer(config["tokenizer"], folder)
+    return Seq2Seq(ModelConfig(**config["model"]), tokenizer, config["task"], config.get("decoding"))
+
+
+def load(folder: str | os.PathLike, device: str | torch.device | None = None) -> Seq2Seq:
+    """Load a checkpoint folder. Reads only JSON and safetensors: nothing in it is executed.
+
+    Raises :class:`CheckpointError` when the folder is missing, holds only pickled weights, or its
+    files are corrupt, and :class:`ConfigError` when its config names an unknown component.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{folder}: not a checkpoint folder (no {CONFIG_FILE})")
+    if not (folder / WEIGHTS_FILE).is_file():
+        pickles = [p.name for p in folder.iterdir() if p.suffix in {".pt", ".pth", ".bin", ".pkl", ".ckpt"}]
+        hint = f"; it holds {', '.join(pickles)}, which mmseq never unpickles" if pickles else ""
+        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}{hint}")
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: corrupt config ({error})") from None
+    model = build_model(config, folder)
+    try:
+        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"), strict=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{folder / WEIGHTS_FILE}: corrupt or incompatible weights ({error})") from None
+    model.eval()
+    return model.to(device) if device is not None else model

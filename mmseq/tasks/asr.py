@@ -1,0 +1,57 @@
+"""Speech recognition: audio in, text out, scored by WER and CER."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.audio import as_waveform
+from ..errors import InputError, ManifestError
+from .base import Task, register_task
+
+
+@register_task("asr")
+class SpeechRecognition(Task):
+    name = "asr"
+    input_field = "audio"
+    metric = "wer"
+    higher_is_better = False
+
+    def read(self, manifest, training: bool, skip_errors: bool = False):
+        import soundfile
+
+        examples, errors = super().read(manifest, training, skip_errors)
+        kept = []
+        for example in examples:  # the batch budget needs durations: read headers when absent
+            if "duration" not in example:
+                try:
+                    example["duration"] = soundfile.info(example["audio"]).duration
+                except Exception:
+                    path, line = example["_where"].rsplit(":", 1)
+                    error = ManifestError(path, int(line), f"cannot read audio {example['audio']}")
+                    if not skip_errors:
+                        raise error from None
+                    errors.append(error)
+                    continue
+            kept.append(example)
+        return kept, errors
+
+    def length(self, example: dict) -> float:
+        return float(example["duration"])
+
+    def load_input(self, source, training: bool = False) -> torch.Tensor:
+        waveform = as_waveform(source, self.encoder.sample_rate)
+        if waveform.abs().max() == 0 and training:
+            raise InputError("silent audio (all samples zero)")
+        return waveform
+
+    def collate_inputs(self, inputs):
+        lengths = torch.tensor([len(x) for x in inputs])
+        waveforms = torch.zeros(len(inputs), int(lengths.max()))
+        for row, x in enumerate(inputs):
+            waveforms[row, : len(x)] = x
+        return waveforms, lengths
+
+    def score(self, references, hypotheses) -> dict:
+        from ..metrics import speech_metrics
+
+        return speech_metrics([refs[0] for refs in references], hypotheses)

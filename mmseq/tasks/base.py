@@ -1,0 +1,108 @@
+"""The shared part of every task: examples to padded batches with lengths and token targets."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import InputError, ManifestError
+from ..data.manifest import read_manifest
+from ..registry import Registry
+
+TASKS = Registry("task")
+register_task = TASKS.register
+
+
+class Task:
+    """A task knows its inputs and metrics; the model, trainer and search do not.
+
+    Subclasses set ``name``, ``input_field`` (the manifest field holding the input), ``metric``
+    (the headline metric), ``higher_is_better``, and implement ``load_input``,
+    ``collate_inputs`` and ``score``.
+    """
+
+    name = "base"
+    input_field = "input"
+    metric = "loss"
+    higher_is_better = False
+
+    def __init__(self, encoder, tokenizer, max_tokens: int = 512):
+        self.encoder, self.tokenizer, self.max_tokens = encoder, tokenizer, max_tokens
+
+    # -- examples ---------------------------------------------------------------------------
+    def read(self, manifest, training: bool, skip_errors: bool = False):
+        """Examples of a manifest and the errors of skipped lines. Training examples each have one
+        ``text`` target; evaluation examples keep all ``references``."""
+        examples, errors = read_manifest(manifest, (self.input_field, "text"), skip_errors)
+        for example in examples:
+            example["references"] = [example["text"]]
+        return examples, errors
+
+    def length(self, example: dict) -> float:
+        """Size of an example in the batch budget's unit (1 by default: budget counts examples)."""
+        return 1.0
+
+    def prompt(self) -> list[int]:
+        """Ids the decoder is forced through after ``<s>``: the task token."""
+        return [self.tokenizer.token_id(f"<|{self.name}|>")]
+
+    # -- inputs -----------------------------------------------------------------------------
+    def load_input(self, source, training: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def collate_inputs(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def score(self, references: list[list[str]], hypotheses: list[str]) -> dict:
+        raise NotImplementedError
+
+    # -- batches ----------------------------------------------------------------------------
+    def target_tokens(self, text: str) -> list[int]:
+        return [self.tokenizer.bos_id] + self.prompt() + self.tokenizer.encode(text) + [self.tokenizer.eos_id]
+
+    def collate(self, items: list[dict]) -> dict:
+        """Loaded items to a batch: ``inputs``, ``lengths``, ``tokens (batch, length)`` holding
+        ``<s>``, the prompt, the text and ``</s>``, ``prefix_lengths`` (``<s>`` plus prompt),
+        ``ids``, ``references``; unreadable items are left out and listed in ``errors``."""
+        errors = [item["error"] for item in items if "error" in item]
+        items = [item for item in items if "error" not in item]
+        batch = {"errors": errors, "ids": [item["id"] for item in items],
+                 "references": [item["references"] for item in items], "size": len(items)}
+        if not items:
+            return batch
+        batch["inputs"], batch["lengths"] = self.collate_inputs([item["input"] for item in items])
+        sequences = [item["tokens"] for item in items]
+        tokens = torch.full((len(items), max(map(len, sequences))), self.tokenizer.pad_id, dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            tokens[row, : len(sequence)] = torch.tensor(sequence)
+        batch["tokens"] = tokens
+        batch["prefix_lengths"] = torch.tensor([1 + len(self.prompt())] * len(items))
+        return batch
+
+
+class ExampleDataset(Dataset):
+    """Examples read lazily: a file that cannot be read becomes an ``error`` item, never a crash."""
+
+    def __init__(self, task: Task, examples: list[dict], training: bool):
+        self.task, self.examples, self.training = task, examples, training
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        try:
+            source = example[self.task.input_field]
+            item = {"input": self.task.load_input(source, self.training)}
+            item["tokens"] = self.task.target_tokens(example["text"])
+        except (InputError, ManifestError) as error:
+            return {"error": f"{example['_where']}: {error}"}
+        if len(item["tokens"]) > self.task.max_tokens:
+            return {"error": f"{example['_where']}: text of {len(item['tokens'])} tokens is longer than "
+                             f"the decoder's limit {self.task.max_tokens}"}
+        item.update(id=example["id"], references=example["references"])
+        return item
+
+
+def create_task(name: str, encoder, tokenizer, max_tokens: int = 512) -> Task:
+    return TASKS.create(name, encoder=encoder, tokenizer=tokenizer, max_tokens=max_tokens)

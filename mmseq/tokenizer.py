@@ -1,0 +1,204 @@
+"""Tokenizers: characters and sentencepiece, with special, task and control tokens.
+
+Every tokenizer reserves the same first ids: ``<pad>`` 0 (also the CTC blank), ``<s>`` 1,
+``</s>`` 2, ``<unk>`` 3, followed by the prompt tokens (task tokens such as ``<|asr|>`` and control
+tokens such as ``<|short|>``), then the ordinary vocabulary. A prompt is just a list of these ids
+that the decoder is forced through before it generates, as Whisper's ``<|transcribe|>`` is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Iterable
+
+from .errors import TokenizerError
+from .registry import Registry
+
+TOKENIZERS = Registry("tokenizer")
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIALS = [PAD, BOS, EOS, UNK]
+TASK_TOKENS = ["<|asr|>", "<|caption|>", "<|text|>"]
+
+
+class Tokenizer:
+    """Shared behaviour; subclasses implement ``_encode`` and ``_decode`` over ordinary tokens."""
+
+    kind = "base"
+    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+
+    def __init__(self, prompt_tokens: Iterable[str] = TASK_TOKENS):
+        self.prompt_tokens = list(dict.fromkeys(prompt_tokens))
+        self.special_tokens = SPECIALS + self.prompt_tokens
+        self._special_ids = {token: i for i, token in enumerate(self.special_tokens)}
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def token_id(self, token: str) -> int:
+        """Id of a special or prompt token such as ``"<|asr|>"``."""
+        if token not in self._special_ids:
+            raise TokenizerError(f"unknown prompt token {token!r}; known: {', '.join(self.prompt_tokens)}")
+        return self._special_ids[token]
+
+    def encode(self, text: str) -> list[int]:
+        """Text to ordinary token ids (no ``<s>``/``</s>``); unknown symbols become ``<unk>``."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"expected text, got {type(text).__name__}")
+        return self._encode(unicodedata.normalize("NFC", text))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids to text; special and prompt tokens are dropped, decoding stops at ``</s>``."""
+        kept = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if not 0 <= i < self.vocab_size:
+                raise TokenizerError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
+            if i >= len(self.special_tokens):
+                kept.append(i)
+        return self._decode(kept)
+
+    def encode_prompt(self, prompt: str | Iterable[str] | None) -> list[int]:
+        """A prompt as ids: prompt tokens (``"<|asr|> <|short|>"``) then an optional free text prefix."""
+        if prompt is None:
+            return []
+        words = prompt.split(" ") if isinstance(prompt, str) else list(prompt)
+        ids, rest = [], []
+        for position, word in enumerate(words):
+            if word in self._special_ids and not rest:
+                ids.append(self._special_ids[word])
+            else:
+                rest = words[position:]
+                break
+        if rest:
+            ids += self.encode(" ".join(rest))
+        return ids
+
+    def save(self, folder: str | Path) -> None:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+
+@TOKENIZERS.register("char")
+class CharTokenizer(Tokenizer):
+    """One token per character; the vocabulary is built from training text."""
+
+    kind = "char"
+
+    def __init__(self, vocab: list[str], prompt_tokens: Iterable[str] = TASK_TOKENS):
+        super().__init__(prompt_tokens)
+        self.vocab = list(vocab)
+        offset = len(self.special_tokens)
+        self._ids = {char: offset + i for i, char in enumerate(self.vocab)}
+
+    @classmethod
+    def train(cls, texts: Iterable[str], prompt_tokens: Iterable[str] = TASK_TOKENS, **_) -> "CharTokenizer":
+        chars = set()
+        for text in texts:
+            chars.update(unicodedata.normalize("NFC", text))
+        return cls(sorted(chars), prompt_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.special_tokens) + len(self.vocab)
+
+    def _encode(self, text: str) -> list[int]:
+        return [self._ids.get(char, self.unk_id) for char in text]
+
+    def _decode(self, ids: list[int]) -> str:
+        offset = len(self.special_tokens)
+        return "".join(self.vocab[i - offset] for i in ids)
+
+    def config(self) -> dict:
+        return {"type": "char", "vocab": self.vocab, "prompt_tokens": self.prompt_tokens}
+
+    def save(self, folder: str | Path) -> None:
+        pass  # the vocabulary lives in config.json
+
+
+@TOKENIZERS.register("sentencepiece")
+class SentencePieceTokenizer(Tokenizer):
+    """Sentencepiece unigram or BPE subwords, with our special ids reserved inside the model."""
+
+    kind = "sentencepiece"
+    file_name = "tokenizer.model"
+
+    def __init__(self, model_file: str | Path, prompt_tokens: Iterable[str] = TASK_TOKENS):
+        import sentencepiece
+
+        super().__init__(prompt_tokens)
+        self.model_file = str(model_file)
+        try:
+            self.processor = sentencepiece.SentencePieceProcessor(model_file=self.model_file)
+        except (OSError, RuntimeError) as error:
+            raise TokenizerError(f"{model_file}: not a sentencepiece model ({error})") from None
+        for token, i in self._special_ids.items():
+            if self.processor.piece_to_id(token) != i:
+                raise TokenizerError(f"{model_file}: token {token!r} is not at id {i}; train it with mmseq")
+
+    @classmethod
+    def train(cls, texts: Iterable[str], prompt_tokens: Iterable[str] = TASK_TOKENS, vocab_size: int = 500,
+              model_type: str = "unigram", out: str | Path = "tokenizer.model", **_) -> "SentencePieceTokenizer":
+        import sentencepiece
+
+        prompt_tokens = list(dict.fromkeys(prompt_tokens))
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = os.path.join(tmp, "text.txt")
+            with open(corpus, "w", encoding="utf-8") as file:
+                for text in texts:
+                    file.write(text.replace("\n", " ") + "\n")
+            sentencepiece.SentencePieceTrainer.train(
+                input=corpus, model_prefix=os.path.join(tmp, "sp"), vocab_size=vocab_size,
+                model_type=model_type, character_coverage=1.0, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+                pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK,
+                user_defined_symbols=prompt_tokens, hard_vocab_limit=False, minloglevel=2,
+            )
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(os.path.join(tmp, "sp.model"), out)
+        return cls(out, prompt_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.processor.get_piece_size()
+
+    def _encode(self, text: str) -> list[int]:
+        return self.processor.encode(text)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.processor.decode(ids)
+
+    def config(self) -> dict:
+        return {"type": "sentencepiece", "model_file": self.file_name, "prompt_tokens": self.prompt_tokens}
+
+    def save(self, folder: str | Path) -> None:
+        target = Path(folder) / self.file_name
+        if Path(self.model_file).resolve() != target.resolve():
+            shutil.copyfile(self.model_file, target)
+
+
+def build_tokenizer(config: dict, folder: str | Path | None = None) -> Tokenizer:
+    """Rebuild a tokenizer from its ``config()`` (files are looked up in ``folder``)."""
+    config = dict(config)
+    kind = config.pop("type")
+    if kind == "sentencepiece":
+        config["model_file"] = Path(folder or ".") / config.get("model_file", SentencePieceTokenizer.file_name)
+    return TOKENIZERS.create(kind, **config)
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], **settings) -> Tokenizer:
+    """Train a tokenizer of a registered kind from texts, e.g. ``train_tokenizer("char", texts)``."""
+    return TOKENIZERS.get(kind).train(texts, **settings)
+
+
+def save_tokenizer_config(tokenizer: Tokenizer, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(tokenizer.config(), indent=1))
