@@ -508,11 +508,15 @@ def build_corpus(out: Path, settings: dict, jobs: int) -> dict[str, list[dict]]:
     work = [(plan, out) for plan in plans]
     progress = tqdm(total=len(plans), desc="synthesizing", unit="utt")
     if jobs <= 1:
-        _worker_start()
-        for item in work:
-            utterance_id, duration = _render_star(item)
-            durations[utterance_id] = duration
-            progress.update()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # resampling one short clip on several threads is slower, not faster
+        try:
+            for item in work:
+                utterance_id, duration = _render_star(item)
+                durations[utterance_id] = duration
+                progress.update()
+        finally:
+            torch.set_num_threads(threads)  # the caller's setting, when main() runs inside another program
     else:
         with multiprocessing.Pool(jobs, initializer=_worker_start) as pool:
             for utterance_id, duration in pool.imap_unordered(_render_star, work, chunksize=8):
