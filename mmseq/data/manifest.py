@@ -62,7 +62,8 @@ def read_manifest(path, required: tuple[str, ...] = (), skip_errors: bool = Fals
             if not line.strip():
                 continue
             try:
-                examples.append(parse_line(line, path, number, required, path.parent))
+                # Absolute folder: paths must not depend on the working folder of whoever reads them later.
+                examples.append(parse_line(line, path, number, required, path.parent.absolute()))
             except ManifestError as error:
                 if not skip_errors:
                     raise
