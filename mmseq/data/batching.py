@@ -65,4 +65,4 @@ class BucketBatchSampler(Sampler):
         return iter(self.epoch_batches()[self.start:])
 
     def __len__(self) -> int:
-        return len(self.batches) // self.world_size - self.start
+        return max(0, len(self.batches) // self.world_size - self.start)
