@@ -576,6 +576,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--voice", default="en-us", help="with --say: espeak-ng voice[+variant] (default: %(default)s)")
     parser.add_argument("--speed", type=int, default=175, help="with --say: words a minute (default: %(default)s)")
     parser.add_argument("--pitch", type=int, default=50, help="with --say: pitch 0-99 (default: %(default)s)")
+    parser.add_argument("--new-sentence", action="store_true",
+                        help="print a grammar sentence that is in no split of the corpus these settings make, and exit")
     arguments = parser.parse_args(argv)
     if arguments.say is not None and arguments.wav is None:
         parser.error("--say needs --wav FILE")
@@ -587,8 +589,23 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return arguments
 
 
+def new_sentence(settings: argparse.Namespace) -> str:
+    """A sentence of the corpus grammar that the corpus made with these settings does not hold."""
+    splits = make_splits(settings.num_train, settings.num_valid, settings.num_test, settings.seed)
+    taken = {sentence for sentences in splits.values() for sentence in sentences}
+    train_words = {word for sentence in splits["train"] for word in sentence.split()}
+    rng = random.Random(f"new-{settings.seed}")
+    while True:
+        sentence = make_sentence(rng)
+        if sentence not in taken and len(sentence.split()) >= 5 and set(sentence.split()) <= train_words:
+            return sentence
+
+
 def main(argv=None) -> None:
     arguments = parse_arguments(argv)
+    if arguments.new_sentence:
+        print(new_sentence(arguments))
+        return
     require_espeak()
     if arguments.say is not None:
         try:
