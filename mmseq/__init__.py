@@ -7,8 +7,18 @@
 
 __version__ = "0.1.0"
 
-from .model import ModelConfig, Seq2Seq, build_model, load  # noqa: E402
-from .encoders import Encoder, create_encoder, list_encoders, register_encoder  # noqa: E402
+# Imported on first use, so that `import mmseq.errors` (scripts, data tools) does not load torch.
+_LAZY = {
+    "load": "model", "build_model": "model", "ModelConfig": "model", "Seq2Seq": "model",
+    "Encoder": "encoders", "create_encoder": "encoders", "list_encoders": "encoders", "register_encoder": "encoders",
+}
 
-__all__ = ["Encoder", "ModelConfig", "Seq2Seq", "build_model", "create_encoder", "list_encoders", "load",
-           "register_encoder", "__version__"]
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'mmseq' has no attribute {name!r}")
