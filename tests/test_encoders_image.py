@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 
 from mmseq.encoders import create_encoder, list_encoders
-from mmseq.encoders.image import TimmImageEncoder, sinusoidal_position_2d, trainable_group_count
+from mmseq.encoders.image import sinusoidal_position_2d, trainable_group_count
 from mmseq.errors import CheckpointError, ConfigError, InputError
 
 # (registered name, settings, expected grid at 64x64): tiny models so the whole file runs on a CPU.

@@ -370,7 +370,9 @@ class TorchvisionImageEncoder(ImageEncoder):
 
     Args as :class:`TimmImageEncoder`; ``model_name`` is a ``torchvision.models.get_model`` name
     (``resnet18``, ``resnet50``, ``convnext_tiny``, ``efficientnet_b0`` ...). ``pretrained_file`` is
-    a state dict of the whole torchvision model (classifier included). :meth:`data_config` comes
+    a state dict of the whole torchvision model (classifier included). For ``trainable="last:N"`` a
+    group is one top-level child of the trunk: a ResNet stage (``layer4``), or one entry of
+    ``features`` for ConvNeXt / EfficientNet (where a downsampling layer is its own entry). :meth:`data_config` comes
     from the default weights' transforms (metadata only, nothing is downloaded), or ImageNet
     defaults (224, bilinear, crop 0.875) for a model without registered weights.
     """
