@@ -142,10 +142,12 @@ class Seq2Seq(nn.Module):
         return {"mmseq_version": __version__, "task": self.task_name, "model": asdict(self.config),
                 "tokenizer": self.tokenizer.config(), "decoding": asdict(self.decoding)}
 
-    def save(self, folder: str | os.PathLike, write_extra=None) -> Path:
+    def save(self, folder: str | os.PathLike, write_extra=None, state_dict: dict | None = None) -> Path:
         """Write a checkpoint folder atomically: into a temporary folder, then renamed into place.
 
-        ``write_extra(tmp_folder)`` may add files (the trainer's state) inside the same rename."""
+        ``write_extra(tmp_folder)`` may add files (the trainer's state) inside the same rename.
+        ``state_dict``: weights to write instead of this module's own (the trainer passes weights
+        gathered from sharded training)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -155,7 +157,8 @@ class Seq2Seq(nn.Module):
         try:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.checkpoint_config(), indent=1))
             # Cloned: safetensors refuses tensors that share storage (torchaudio's window buffers do).
-            save_file({k: v.detach().clone().contiguous() for k, v in self.state_dict().items()},
+            weights = self.state_dict() if state_dict is None else state_dict
+            save_file({k: v.detach().clone().contiguous() for k, v in weights.items()},
                       str(tmp / WEIGHTS_FILE))
             self.tokenizer.save(tmp)
             if write_extra is not None:
@@ -215,6 +218,10 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
         config = json.loads((folder / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE}: corrupt config ({error})") from None
+    # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.
+    encoder = config.get("model", {}).get("encoder", {})
+    if isinstance(encoder, dict):
+        encoder.update({k: v for k, v in (("pretrained", False), ("pretrained_file", None)) if k in encoder})
     model = build_model(config, folder)
     try:
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"), strict=True)
