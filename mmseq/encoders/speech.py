@@ -89,6 +89,13 @@ class ConvSubsampling(nn.Module):
         return frames.clamp(min=1)
 
     def forward(self, features: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Very short inputs (under ~85 ms at factor 4) are zero-padded to one output frame
+        # rather than failing inside the convolution.
+        needed = 1
+        for kernel, stride in reversed(self.layers):
+            needed = (needed - 1) * stride + kernel
+        if features.shape[1] < needed:
+            features = nn.functional.pad(features, (0, 0, 0, needed - features.shape[1]))
         x = self.conv(features[:, None])  # (batch, channels, frames', mels')
         x = self.out(x.transpose(1, 2).flatten(2))
         return x, self.output_lengths(frames)
