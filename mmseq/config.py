@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,9 +86,43 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     tree[parts[-1]] = value
 
 
+def _checked(value, hint, where: str):
+    """``value`` if it fits the field type ``hint`` (ints and numeric strings such as YAML's
+    ``1e-3`` widened to float), else :class:`ConfigError`. Types other than the simple ones YAML
+    gives are not checked."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _checked(value, option, where)
+            except ConfigError:
+                pass
+    else:
+        kind = typing.get_origin(hint) or hint
+        if kind is float and not isinstance(value, bool):
+            try:
+                return float(value) if isinstance(value, (int, float, str)) else _fail(value, hint, where)
+            except ValueError:
+                pass
+        elif kind in (int, bool, str, list, dict):
+            if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+                return value
+        else:
+            return value
+    return _fail(value, hint, where)
+
+
+def _fail(value, hint, where: str):
+    name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")
+
+
 def _build(cls, values: dict, where: str):
-    """A dataclass from a dict; nested dataclasses recursively, unknown keys refused.
-    Fields typed ``dict`` (encoder and decoder settings) are taken as they are."""
+    """A dataclass from a dict; nested dataclasses recursively, unknown keys and values of the
+    wrong type refused. Fields typed ``dict`` (encoder and decoder settings) are merged over
+    their defaults, so ``model.encoder.dim=64`` keeps the default encoder name."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -94,15 +130,17 @@ def _build(cls, values: dict, where: str):
     if unknown:
         raise ConfigError(f"unknown setting {where + '.' if where else ''}{unknown[0]}; "
                           f"known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        default = cls.__dataclass_fields__[name].default_factory \
-            if cls.__dataclass_fields__[name].default_factory is not dataclasses.MISSING else None
+        default = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
         sample = default() if default else None
+        key = f"{where}.{name}".strip(".")
         if dataclasses.is_dataclass(sample):
-            kwargs[name] = _build(type(sample), value or {}, f"{where}.{name}".strip("."))
+            kwargs[name] = _build(type(sample), value or {}, key)
         else:
-            kwargs[name] = value
+            value = _checked(value, hints[name], key)
+            kwargs[name] = {**sample, **value} if isinstance(sample, dict) else value
     return cls(**kwargs)
 
 
