@@ -268,6 +268,8 @@ class Trainer:
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+            if getattr(self, "_lock_file", None) is not None:  # free the folder for the next run in this process
+                self._lock_file.close()
         best = self.out / "best"
         return best if best.exists() else None
 

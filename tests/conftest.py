@@ -97,3 +97,41 @@ def waveform_batch(seconds: list[float], seed: int = 0) -> dict:
 @pytest.fixture
 def speech_corpus(tmp_path) -> Path:
     return write_speech_corpus(tmp_path / "corpus")
+
+
+def write_train_config(folder: Path, train: Path, valid: Path | None = None, **trainer) -> Path:
+    """A YAML config that trains the tiny model on ``train`` in seconds; returns its path."""
+    import yaml
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "task": "asr",
+        "output_dir": str(folder / "out"),
+        "data": {"train": str(train), "valid": str(valid or train), "batch_size": 2.0, "num_workers": 0},
+        "tokenizer": {"type": "char"},
+        "model": {"encoder": {**TINY_ENCODER, "dropout": 0.1,
+                              "specaugment": {"freq_masks": 1, "freq_width": 4, "time_masks": 1, "time_width": 0.1}},
+                  "decoder": {**TINY_DECODER, "dropout": 0.1}, "ctc_weight": 0.3},
+        # A schedule that depends on the step only, so a run extended by an epoch matches one
+        # planned that long from the start.
+        "trainer": {"max_epochs": 2, "lr": 0.003, "warmup_steps": 3, "schedule": "noam", "log_every": 1,
+                    "device": "cpu", **trainer},
+        "decoding": {"beam_size": 1, "max_length_ratio": 1.0},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny ASR model trained for two epochs: ``(config_path, output_dir, train_manifest)``."""
+    from mmseq.config import load_config
+    from mmseq.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    manifest = write_speech_corpus(root / "corpus")
+    config = write_train_config(root / "run", manifest)
+    train(load_config(config))
+    return config, root / "run" / "out", manifest
