@@ -1,10 +1,15 @@
 """Greedy, beam and sampling search over any encoder's memory, batched over inputs and beams.
 
 The search is a loop over small parts: the decoder's cached ``step``, logit filters (minimum
-length, no-repeat n-grams, bad endings, a length limit per input), an optional CTC prefix scorer,
-and the beam bookkeeping. Inside a step everything is tensor operations over ``batch x beam``
-rows; the only host synchronisation is one flag per step that says whether some input finished
-(then its rows leave the batch) or all did.
+length, no-repeat n-grams, bad endings, a length limit per input), optional scorers fused with the
+decoder (a CTC prefix scorer, an external language model), and the beam bookkeeping. Inside a step
+everything is tensor operations over ``inputs x beam`` rows; the only host synchronisation is one
+count per step of the inputs that are done (their rows then leave the batch).
+
+Scores. Each step adds ``(1 - ctc_weight) * log p_attention + ctc_weight * CTC prefix gain +
+lm_weight * log p_lm`` (ESPnet's weighting); a finished hypothesis of ``length`` new tokens
+(``</s>`` included, prompt not counted) ranks by ``(total + length_bonus * length) /
+length ** length_penalty``.
 """
 
 from __future__ import annotations
@@ -15,51 +20,107 @@ from dataclasses import dataclass, field
 import torch
 
 from .ctc import CTCPrefixScorer
+from .errors import ConfigError, InputError
+
+NEG_INF = float("-inf")
 
 
 @dataclass
 class DecodingOptions:
-    beam_size: int = 1
+    beam_size: int = 1  # hypotheses kept per input (1 without CTC or LM: greedy search)
     max_length: int = 200  # most new tokens (prompt not counted)
     max_length_ratio: float | None = None  # most new tokens per memory frame, e.g. 1.0 for speech
     min_length: int = 0  # fewest new tokens before ``</s>`` is allowed
-    length_penalty: float = 1.0  # final score = log p / length ** length_penalty (0: none)
-    nbest: int = 1
+    length_penalty: float = 1.0  # length normalisation: score = total / length ** length_penalty (0: none)
+    length_bonus: float = 0.0  # added per new token before normalising (ESPnet's "penalty"); > 0 favours long outputs
+    nbest: int = 1  # hypotheses returned per input (at most beam_size)
+    early_stopping: str = "heuristic"  # when an input stops: "heuristic" or "exact" (see beam_search)
     ctc_weight: float = 0.0  # joint CTC/attention decoding (speech models with a CTC head)
-    ctc_candidates: float = 1.5  # attention's best ``ctc_candidates * beam`` tokens get CTC scores
+    ctc_candidates: float = 1.5  # the fused score's best ``ctc_candidates * beam`` tokens get CTC scores
+    lm_weight: float = 0.0  # shallow fusion with an external language model (``generate(lm=...)``)
     no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size (0: off)
-    bad_endings: list[int] = field(default_factory=list)  # token ids that may not precede ``</s>``
+    bad_endings: list[int | str] = field(default_factory=list)  # words ("a", "the") or token ids that may not precede ``</s>``
     temperature: float = 1.0  # sampling only
     top_k: int = 0  # sampling only (0: whole vocabulary)
-    lm_weight: float = 0.0  # shallow fusion with an external language model
+
+    def check(self) -> "DecodingOptions":
+        """Raise :class:`ConfigError` on settings that cannot work; returns itself."""
+        if self.beam_size < 1:
+            raise ConfigError(f"decoding.beam_size must be at least 1, got {self.beam_size}")
+        if not 1 <= self.nbest <= self.beam_size:
+            raise ConfigError(f"decoding.nbest must be between 1 and beam_size ({self.beam_size}), got {self.nbest}")
+        if self.max_length < 1:
+            raise ConfigError(f"decoding.max_length must be at least 1, got {self.max_length}")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ConfigError(f"decoding.ctc_weight must be between 0 and 1, got {self.ctc_weight}")
+        if self.lm_weight < 0 or self.length_penalty < 0:
+            raise ConfigError("decoding.lm_weight and decoding.length_penalty must not be negative")
+        if self.early_stopping not in ("heuristic", "exact"):
+            raise ConfigError(f"decoding.early_stopping must be 'heuristic' or 'exact', got {self.early_stopping!r}")
+        if self.temperature <= 0:
+            raise ConfigError(f"decoding.temperature must be positive, got {self.temperature}")
+        return self
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # generated ids, prompt and ``</s>`` excluded
-    score: float  # log-probability divided by length ** length_penalty
-    log_prob: float  # total log-probability (prompt not counted)
+    score: float  # (log_prob + length_bonus * length) / length ** length_penalty
+    log_prob: float  # summed step scores of the generated tokens and ``</s>`` (prompt not counted)
+    prompt: list[int] = field(default_factory=list)  # the forced prompt ids the output continues
+
+    @property
+    def output(self) -> list[int]:
+        """The forced prompt followed by the generated ids: decode this for the full text (the
+        tokenizer drops task and control tokens, so a forced text prefix starts the text)."""
+        return self.prompt + self.tokens
 
 
-def _limits(memory_mask: torch.Tensor, options: DecodingOptions) -> torch.Tensor:
-    """Most new tokens for each input ``(batch,)``, ``</s>`` included."""
-    limit = torch.full(memory_mask.shape[:1], options.max_length, device=memory_mask.device)
+def final_score(total, length, options: DecodingOptions):
+    """Ranking score of hypotheses with summed step scores ``total`` and ``length`` new tokens."""
+    return (total + options.length_bonus * length) / length ** options.length_penalty
+
+
+# -- the parts of a step ------------------------------------------------------------------------
+def _limits(memory_mask: torch.Tensor, options: DecodingOptions, room: int) -> torch.Tensor:
+    """Most new tokens for each input ``(batch,)``, ``</s>`` included; ``room``: positions left in
+    the decoder (and language model) after the prompt."""
+    if room < 1:
+        raise InputError("the prompt leaves no room for output in the decoder's max_length")
+    limit = torch.full(memory_mask.shape[:1], min(options.max_length, room), device=memory_mask.device)
     if options.max_length_ratio is not None:
         by_input = (memory_mask.sum(1).float() * options.max_length_ratio).ceil().long() + 1
         limit = torch.minimum(limit, by_input)
-    return limit.clamp(min=max(1, options.min_length + 1))
+    return limit.clamp(min=min(room, max(1, options.min_length + 1)))
 
 
-def _filter(log_probs, steps, limits, tokens, options: DecodingOptions, eos: int):
+def _bad_endings(tokenizer, endings, device) -> list[tuple[torch.Tensor, bool]]:
+    """``DecodingOptions.bad_endings`` as token patterns ``(ids, whole)`` after which ``</s>`` is
+    banned: an id stands for itself; a word for the tokens of ``" " + word`` (so that with a
+    character tokenizer "the" does not also ban "bathe") and, when they make up the whole output,
+    the tokens of ``word``."""
+    patterns = []
+    for ending in endings:
+        if isinstance(ending, str):
+            patterns.append((tokenizer.encode(" " + ending), False))
+            patterns.append((tokenizer.encode(ending), True))
+        else:
+            patterns.append(([int(ending)], False))
+    return [(torch.tensor(ids, dtype=torch.long, device=device), whole) for ids, whole in patterns if ids]
+
+
+def _filter(log_probs, steps: int, limits, tokens, options: DecodingOptions, eos: int, bad_endings=()):
     """Apply the logit filters in place to ``log_probs (rows, vocab)`` before choosing a token.
 
-    ``steps``: tokens generated so far (int); ``limits (rows,)``; ``tokens (rows, steps)`` so far.
+    ``steps``: tokens generated so far; ``limits (rows,)``; ``tokens (rows, steps)`` so far;
+    ``bad_endings``: patterns from :func:`_bad_endings` that may not precede ``</s>``.
     """
     if steps < options.min_length:
-        log_probs[:, eos] = float("-inf")
-    if options.bad_endings and steps > 0:
-        bad = torch.isin(tokens[:, -1], torch.tensor(options.bad_endings, device=tokens.device))
-        log_probs[:, eos] = log_probs[:, eos].masked_fill(bad, float("-inf"))
+        log_probs[:, eos] = NEG_INF
+    for pattern, whole in bad_endings:
+        if steps == len(pattern) or (steps > len(pattern) and not whole):
+            bad = (tokens[:, steps - len(pattern):] == pattern).all(1)
+            log_probs[:, eos] = log_probs[:, eos].masked_fill(bad, NEG_INF)
     n = options.no_repeat_ngram
     if n and steps >= n:
         # Every (n-1)-gram seen so far, with the token that followed it: ban that token now.
@@ -68,10 +129,11 @@ def _filter(log_probs, steps, limits, tokens, options: DecodingOptions, eos: int
         banned = torch.zeros_like(log_probs, dtype=torch.bool)
         banned.scatter_(1, windows[:, :, -1].masked_fill(~same, eos), same)
         banned[:, eos] = False
-        log_probs.masked_fill_(banned, float("-inf"))
-    # At its length limit a row may only end.
+        log_probs.masked_fill_(banned, NEG_INF)
+    # At its length limit a row must end: ``</s>`` is appended at no cost (as ESPnet does), so a
+    # cut-off hypothesis is scored by what it generated.
     at_limit = (steps + 1 >= limits)[:, None]
-    ended = torch.full_like(log_probs, float("-inf"))
+    ended = torch.full_like(log_probs[:1], NEG_INF)
     ended[:, eos] = 0.0
     log_probs.copy_(torch.where(at_limit, ended, log_probs))
     return log_probs
@@ -79,149 +141,254 @@ def _filter(log_probs, steps, limits, tokens, options: DecodingOptions, eos: int
 
 def _suppress(log_probs: torch.Tensor, tokenizer) -> torch.Tensor:
     """Special and prompt tokens are never generated; ``</s>`` is the only one allowed."""
-    specials = len(tokenizer.special_tokens)
     eos_log_prob = log_probs[:, tokenizer.eos_id].clone()
-    log_probs[:, :specials] = float("-inf")
+    log_probs[:, : len(tokenizer.special_tokens)] = NEG_INF
     log_probs[:, tokenizer.eos_id] = eos_log_prob
     return log_probs
 
 
-def _start(model, memory, memory_mask, prompt: list[int], max_new: int):
-    prefix = torch.tensor([model.tokenizer.bos_id] + list(prompt), device=memory.device)
+def _prefix(model, prompt, device) -> torch.Tensor:
+    return torch.tensor([model.tokenizer.bos_id] + list(prompt), device=device)
+
+
+def _start(model, memory, memory_mask, prefix: torch.Tensor, max_new: int):
+    """Cache with the cross-attention keys and values of each input (computed once) and the
+    decoder's logits after the forced prefix ``(batch, vocab)``."""
     cache = model.decoder.init_cache(memory, memory_mask, len(prefix) + max_new)
     logits = model.decoder.step(prefix.expand(memory.shape[0], -1), cache)[:, -1]
     return cache, logits
 
 
+def _room(model, prefix: torch.Tensor, lm=None) -> int:
+    """Positions left for new tokens in the decoder (and the language model) after the prefix."""
+    room = model.decoder.config.max_length - len(prefix)
+    if lm is not None:
+        room = min(room, lm.room(prefix[1:].tolist()))
+    return room
+
+
+class _Fusion:
+    """The scorers fused with the decoder: an optional language model over the whole vocabulary
+    and an optional CTC prefix scorer over each row's best candidates."""
+
+    def __init__(self, model, options: DecodingOptions, prompt: list[int], memory_mask, rows_per_input: int,
+                 max_new: int, ctc_log_probs=None, lm=None):
+        self.options = options
+        self.ctc = None
+        if options.ctc_weight > 0 and ctc_log_probs is not None:
+            self.ctc = CTCPrefixScorer(ctc_log_probs, memory_mask.sum(1), model.tokenizer.eos_id,
+                                       model.tokenizer.pad_id, rows_per_input)
+        self.lm = lm if lm is not None and options.lm_weight > 0 else None
+        self.attention_weight = 1.0 - options.ctc_weight if self.ctc is not None else 1.0
+        if self.lm is not None:
+            rows = memory_mask.shape[0] * rows_per_input
+            self.lm_log_probs, self.lm_state = lm.init_state(list(prompt), rows, max_new)
+
+    def full(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """Scores of every token from the scorers that see the whole vocabulary."""
+        if self.attention_weight != 1.0:
+            log_probs = log_probs * self.attention_weight
+        if self.lm is not None:
+            log_probs = log_probs + self.options.lm_weight * self.lm_log_probs.float()
+        return log_probs
+
+    def advance(self, index: torch.Tensor, new_tokens: torch.Tensor, candidates=None) -> None:
+        """Row ``i`` continues row ``index[i]`` with ``new_tokens[i]``, one of that row's ``candidates``."""
+        if self.ctc is not None:
+            self.ctc.advance(index, candidates, new_tokens)
+        if self.lm is not None:
+            self.lm_state = self.lm.reorder(self.lm_state, index)
+
+    def select(self, rows: torch.Tensor) -> None:
+        if self.ctc is not None:
+            self.ctc.select(rows)
+        if self.lm is not None:
+            self.lm_state = self.lm.select(self.lm_state, rows)
+
+    def next(self, new_tokens: torch.Tensor) -> None:
+        if self.lm is not None:
+            self.lm_log_probs, self.lm_state = self.lm.score(new_tokens[:, None], self.lm_state)
+
+
+# -- greedy ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def greedy_search(model, memory, memory_mask, prompt: list[int] = (), options: DecodingOptions | None = None):
-    """Most likely token at each step, for every input at once. Returns one hypothesis per input."""
-    options = options or DecodingOptions()
-    eos = model.tokenizer.eos_id
+    """Most likely token at each step, for every input at once; inputs that end leave the batch.
+
+    ``memory (batch, frames, dim)``, ``memory_mask (batch, frames)``, ``prompt``: ids forced after
+    ``<s>``. Returns one :class:`Hypothesis` per input.
+    """
+    options = (options or DecodingOptions()).check()
+    eos, device = model.tokenizer.eos_id, memory.device
     batch = memory.shape[0]
-    limits = _limits(memory_mask, options)
+    prefix = _prefix(model, prompt, device)
+    limits = _limits(memory_mask, options, _room(model, prefix))
     max_new = int(limits.max())
-    cache, logits = _start(model, memory, memory_mask, prompt, max_new)
-    tokens = torch.zeros(batch, 0, dtype=torch.long, device=memory.device)
-    total = torch.zeros(batch, device=memory.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
+    bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
+    cache, logits = _start(model, memory, memory_mask, prefix, max_new)
+    out = torch.full((batch, max_new), eos, dtype=torch.long, device=device)
+    totals = torch.zeros(batch, device=device)
+    alive = torch.arange(batch, device=device)
+    tokens = out[:, :0]
     for step in range(max_new):
         log_probs = _suppress(logits.float().log_softmax(-1), model.tokenizer)
-        log_probs = _filter(log_probs, step, limits, tokens, options, eos)
+        log_probs = _filter(log_probs, step, limits[alive], tokens, options, eos, bad_endings)
         best, token = log_probs.max(-1)
-        token = token.masked_fill(done, eos)
-        total += best.masked_fill(done, 0.0)
+        totals[alive] += best
+        out[alive, step] = token
         tokens = torch.cat([tokens, token[:, None]], 1)
-        done |= token == eos
-        if bool(done.all()):
+        done = token == eos
+        finished = int(done.sum())  # the step's one host synchronisation
+        if finished == len(alive):
             break
+        if finished:
+            keep = (~done).nonzero().squeeze(1)
+            alive, tokens, token, cache = alive[keep], tokens[keep], token[keep], cache.select(keep)
         logits = model.decoder.step(token[:, None], cache)[:, -1]
-    return [_hypothesis(row, float(score), eos, options.length_penalty) for row, score in zip(tokens.tolist(), total)]
+    return [_hypothesis(row, total, eos, options, list(prompt)) for row, total in zip(out.tolist(), totals.tolist())]
 
 
-def _hypothesis(row: list[int], log_prob: float, eos: int, length_penalty: float) -> Hypothesis:
+def _hypothesis(row: list[int], total: float, eos: int, options: DecodingOptions, prompt: list[int]) -> Hypothesis:
     length = row.index(eos) + 1 if eos in row else len(row)
-    return Hypothesis(row[: length - (eos in row)], log_prob / length ** length_penalty, log_prob)
+    return Hypothesis(row[: length - (eos in row)], final_score(total, length, options), total, prompt)
 
 
+# -- beam -------------------------------------------------------------------------------------------
 @torch.no_grad()
 def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: DecodingOptions | None = None,
-                ctc_log_probs: torch.Tensor | None = None) -> list[list[Hypothesis]]:
-    """Beam search over ``batch x beam`` rows at once; returns ``options.nbest`` hypotheses per input.
+                ctc_log_probs: torch.Tensor | None = None, lm=None) -> list[list[Hypothesis]]:
+    """Beam search over ``inputs x beam`` rows at once; returns up to ``options.nbest``
+    hypotheses per input, best first, each with its score.
 
-    ``ctc_log_probs (batch, frames, vocab)``: the CTC head's output, for joint CTC/attention decoding
-    with weight ``options.ctc_weight``.
+    Args:
+        model: anything with ``tokenizer`` and ``decoder`` (:class:`~mmseq.decoder.TextDecoder`).
+        memory: ``(batch, frames, dim)`` encoder output; memory_mask: ``(batch, frames)``, True on
+            real frames.
+        prompt: ids forced after ``<s>`` (task token, control tokens, a text prefix); not scored.
+        ctc_log_probs: ``(batch, frames, vocab)`` the CTC head's output, for joint CTC/attention
+            decoding with weight ``options.ctc_weight``.
+        lm: a language model scorer (see :class:`mmseq.lm.LanguageModel`) fused with weight
+            ``options.lm_weight``.
+
+    The cross-attention keys and values are computed once per input; each step reorders the
+    self-attention cache with one index operation. A hypothesis that ends among the best ``beam``
+    candidates goes to its input's pool of finished ones (``beam`` at most) and the beam refills
+    from the other candidates, so no row idles. An input is done, and its rows leave the batch,
+    at its length limit or when no live hypothesis can beat its finished ones:
+
+    * always, when none can reach its ``nbest``-th finished score at any length still allowed
+      (step scores are log-probabilities, so this bound is exact);
+    * with ``early_stopping="heuristic"`` (the default, Hugging Face's rule), also once the pool
+      is full and the best live hypothesis, scored at its current length, does not beat the
+      worst finished one. With ``length_penalty > 0`` the exact bound alone rarely stops before
+      the length limit; ``"exact"`` pays that for a search that never drops a possible winner.
+
+    With ``beam_size=1`` this is greedy search (as fused with CTC or an LM).
     """
-    options = options or DecodingOptions()
+    options = (options or DecodingOptions()).check()
     beam, eos, device = options.beam_size, model.tokenizer.eos_id, memory.device
     batch = memory.shape[0]
-    limits = _limits(memory_mask, options)
+    prefix = _prefix(model, prompt, device)
+    limits = _limits(memory_mask, options, _room(model, prefix, lm if options.lm_weight > 0 else None))
     max_new = int(limits.max())
-    alpha = options.length_penalty
-    cache, logits = _start(model, memory, memory_mask, prompt, max_new)
-    cache = cache.repeat(beam)
-    logits = logits.repeat_interleave(beam, 0)
-    use_ctc = options.ctc_weight > 0 and ctc_log_probs is not None
-    if use_ctc:
-        frames = memory_mask.sum(1)
-        ctc = CTCPrefixScorer(ctc_log_probs.repeat_interleave(beam, 0), frames.repeat_interleave(beam), eos)
-    # Live beams of the inputs still running; ``alive`` maps their rows back to input numbers.
+    bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
+    cache, logits = _start(model, memory, memory_mask, prefix, max_new)
+    cache, logits = cache.repeat(beam), logits.repeat_interleave(beam, 0)
+    fusion = _Fusion(model, options, list(prompt), memory_mask, beam, max_new, ctc_log_probs, lm)
+    candidates_per_row = None
+    if fusion.ctc is not None:
+        candidates_per_row = min(logits.shape[-1], max(2, math.ceil(options.ctc_candidates * beam)))
+    lengths = torch.arange(1, max_new + 1, device=device, dtype=torch.float)
+    heuristic = options.early_stopping == "heuristic"
+    # Live beams of the inputs still running; ``alive`` maps them back to input numbers.
     alive = torch.arange(batch, device=device)
     scores = torch.zeros(batch, beam, device=device)
-    scores[:, 1:] = float("-inf")  # all beams start equal: expand only the first
+    scores[:, 1:] = NEG_INF  # all beams start equal: expand only the first
     tokens = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)
-    # Finished hypotheses of every input: normalised scores, raw log-probs, tokens (eos padded).
-    finished_scores = torch.full((batch, beam), float("-inf"), device=device)
-    finished_log_probs = torch.zeros(batch, beam, device=device)
-    finished_tokens = torch.full((batch, beam, max_new), eos, dtype=torch.long, device=device)
-    offsets = None
+    # Each input's pool of finished hypotheses: ranking scores (best first), totals, tokens.
+    pool_scores = torch.full((batch, beam), NEG_INF, device=device)
+    pool_totals = torch.zeros(batch, beam, device=device)
+    pool_tokens = torch.full((batch, beam, max_new), eos, dtype=torch.long, device=device)
     for step in range(max_new):
-        rows = alive.shape[0]
-        row_limits = limits[alive].repeat_interleave(beam)
+        inputs = alive.shape[0]
         log_probs = _suppress(logits.float().log_softmax(-1), model.tokenizer)
-        if use_ctc:
-            candidates = log_probs.topk(min(log_probs.shape[-1], math.ceil(options.ctc_candidates * beam)), -1).indices
-            ctc_scores = ctc.score(tokens, candidates)  # (rows*beam, candidates) prefix score gains
-            combined = torch.full_like(log_probs, float("-inf"))
-            attention = log_probs.gather(1, candidates)
-            combined.scatter_(1, candidates, (1 - options.ctc_weight) * attention + options.ctc_weight * ctc_scores)
-            log_probs = combined
-        log_probs = _filter(log_probs, step, row_limits, tokens, options, eos)
-        vocab = log_probs.shape[-1]
-        candidate_scores = (scores.view(-1, 1) + log_probs).view(rows, beam * vocab)
-        top_scores, top_index = candidate_scores.topk(2 * beam, -1)  # (rows, 2 beam): >= beam not eos
-        top_beam, top_token = top_index // vocab, top_index % vocab
+        log_probs = _filter(fusion.full(log_probs), step, limits[alive].repeat_interleave(beam), tokens,
+                            options, eos, bad_endings)
+        position = None
+        if fusion.ctc is not None:
+            # CTC scores only each row's best candidates, all rows at once; ``</s>`` is always one of
+            # them, so a hypothesis that CTC cannot extend further can still end.
+            others = log_probs.clone()
+            others[:, eos] = NEG_INF
+            candidates = torch.cat([others.topk(candidates_per_row - 1, -1).indices,
+                                    torch.full_like(log_probs[:, :1], eos, dtype=torch.long)], 1)
+            step_scores = log_probs.gather(1, candidates) + options.ctc_weight * fusion.ctc.score(tokens, candidates)
+        else:
+            step_scores, candidates = log_probs, None
+        width = step_scores.shape[-1]
+        totals = (scores.view(-1, 1) + step_scores).view(inputs, beam * width)
+        top_scores, top_index = totals.topk(min(2 * beam, beam * width), -1)  # >= beam of them go on
+        top_beam, top_position = top_index // width, top_index % width
+        source = torch.arange(inputs, device=device)[:, None] * beam + top_beam  # (inputs, 2 beam) rows
+        top_token = top_position if candidates is None else candidates[source, top_position]
         is_eos = top_token == eos
-        # Hypotheses that end here join the finished ones if they are among the best ``beam``.
+
+        # Hypotheses that end among the best ``beam`` candidates join the pool, as in fairseq.
         length = step + 1
-        source = (torch.arange(rows, device=device)[:, None] * beam + top_beam)  # (rows, 2 beam)
-        ended_tokens = torch.cat([tokens[source.view(-1)].view(rows, 2 * beam, step),
-                                  top_token[..., None]], -1)
+        ending = is_eos[:, :beam] & (top_scores[:, :beam] > NEG_INF)
+        ended_scores = final_score(top_scores[:, :beam], length, options).masked_fill(~ending, NEG_INF)
+        ended_tokens = torch.cat([tokens[source[:, :beam].reshape(-1)].view(inputs, beam, step),
+                                  top_token[:, :beam, None]], -1)
         ended_tokens = torch.nn.functional.pad(ended_tokens, (0, max_new - length), value=eos)
-        normalised = (top_scores / length ** alpha).masked_fill(~is_eos, float("-inf"))
-        pool_scores = torch.cat([finished_scores[alive], normalised], 1)
-        pool_log_probs = torch.cat([finished_log_probs[alive], top_scores], 1)
-        pool_tokens = torch.cat([finished_tokens[alive], ended_tokens], 1)
-        keep_scores, keep = pool_scores.topk(beam, -1)
-        finished_scores[alive] = keep_scores
-        finished_log_probs[alive] = pool_log_probs.gather(1, keep)
-        finished_tokens[alive] = pool_tokens.gather(1, keep[..., None].expand(-1, -1, max_new))
+        merged_scores, keep = torch.cat([pool_scores[alive], ended_scores], 1).topk(beam, -1)
+        pool_scores[alive] = merged_scores
+        pool_totals[alive] = torch.cat([pool_totals[alive], top_scores[:, :beam]], 1).gather(1, keep)
+        pool_tokens[alive] = torch.cat([pool_tokens[alive], ended_tokens], 1).gather(
+            1, keep[..., None].expand(-1, -1, max_new))
+
         # The best ``beam`` candidates that did not end go on.
-        live_scores, live = top_scores.masked_fill(is_eos, float("-inf")).topk(beam, -1)
-        scores = live_scores
+        scores, live = top_scores.masked_fill(is_eos, NEG_INF).topk(beam, -1)
         index = source.gather(1, live).view(-1)
         new_tokens = top_token.gather(1, live).view(-1)
         tokens = torch.cat([tokens[index], new_tokens[:, None]], 1)
         cache.reorder(index)
-        if use_ctc:
-            ctc.advance(index, candidates, new_tokens)
-        # An input is done when no live beam can beat its worst finished one: scores only fall,
-        # so the best a live beam can reach is its score over the longest length allowed.
-        bound = live_scores[:, 0] / (limits[alive].float() ** alpha if alpha > 0 else 1.0)
-        done = (finished_scores[alive, -1] >= bound) | (live_scores[:, 0] == float("-inf")) | (length >= limits[alive])
-        if bool(done.all()):
+        fusion.advance(index, new_tokens, candidates)
+
+        # Done when no live hypothesis can beat the finished ones. Step scores are log-probabilities
+        # (<= 0), so the best a live beam can reach is its total now at the most favourable length
+        # still allowed.
+        limit = limits[alive]
+        later = (lengths[None] > length) & (lengths[None] <= limit[:, None].float())
+        reachable = final_score(scores[:, :1], lengths[None], options).masked_fill(~later, NEG_INF).amax(1)
+        done = (merged_scores[:, options.nbest - 1] >= reachable) | (scores[:, 0] == NEG_INF) | (length >= limit)
+        if heuristic:
+            done |= (merged_scores[:, -1] > NEG_INF) & (merged_scores[:, -1] >= final_score(scores[:, 0], length,
+                                                                                               options))
+        finished = int(done.sum())  # the step's one host synchronisation
+        if finished == inputs:
             break
-        if bool(done.any()):
+        if finished:
             keep_inputs = (~done).nonzero().squeeze(1)
-            rows_kept = (keep_inputs[:, None] * beam + torch.arange(beam, device=device)).view(-1)
-            alive, scores, tokens = alive[keep_inputs], scores[keep_inputs], tokens[rows_kept]
-            cache = cache.select(rows_kept)
-            new_tokens = new_tokens[rows_kept]
-            if use_ctc:
-                ctc.select(rows_kept)
+            rows = (keep_inputs[:, None] * beam + torch.arange(beam, device=device)).view(-1)
+            alive, scores, tokens, new_tokens = alive[keep_inputs], scores[keep_inputs], tokens[rows], new_tokens[rows]
+            cache = cache.select(rows)
+            fusion.select(rows)
         logits = model.decoder.step(new_tokens[:, None], cache)[:, -1]
+        fusion.next(new_tokens)
+    return _collect(pool_scores, pool_totals, pool_tokens, eos, options.nbest, list(prompt))
+
+
+def _collect(pool_scores, pool_totals, pool_tokens, eos: int, nbest: int, prompt: list[int]):
     results = []
-    for scores_row, log_probs_row, tokens_row in zip(finished_scores.tolist(), finished_log_probs.tolist(),
-                                                     finished_tokens.tolist()):
-        hyps = []
-        for score, log_prob, row in zip(scores_row, log_probs_row, tokens_row):
-            if score > float("-inf"):
-                hyps.append(Hypothesis(row[: row.index(eos)] if eos in row else row, score, log_prob))
+    for scores_row, totals_row, tokens_row in zip(pool_scores.tolist(), pool_totals.tolist(), pool_tokens.tolist()):
+        hyps = [Hypothesis(row[: row.index(eos)], score, total, prompt)
+                for score, total, row in zip(scores_row, totals_row, tokens_row) if score > NEG_INF]
         # An input whose every continuation was impossible (e.g. CTC cannot align it) ends empty.
-        results.append(hyps[: options.nbest] or [Hypothesis([], float("-inf"), float("-inf"))])
+        results.append(hyps[:nbest] or [Hypothesis([], NEG_INF, NEG_INF, prompt)])
     return results
 
 
+# -- sampling ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample(model, memory, memory_mask, prompt: list[int] = (), options: DecodingOptions | None = None,
            count: int = 1) -> torch.Tensor:
@@ -230,20 +397,22 @@ def sample(model, memory, memory_mask, prompt: list[int] = (), options: Decoding
     Returns new token ids ``(batch * count, steps)``, rows of one input next to each other, padded
     with ``</s>`` after the end.
     """
-    options = options or DecodingOptions()
+    options = (options or DecodingOptions()).check()
     eos = model.tokenizer.eos_id
-    limits = _limits(memory_mask, options).repeat_interleave(count)
+    prefix = _prefix(model, prompt, memory.device)
+    limits = _limits(memory_mask, options, _room(model, prefix)).repeat_interleave(count)
     max_new = int(limits.max())
-    cache, logits = _start(model, memory, memory_mask, prompt, max_new)
+    bad_endings = _bad_endings(model.tokenizer, options.bad_endings, memory.device)
+    cache, logits = _start(model, memory, memory_mask, prefix, max_new)
     cache, logits = cache.repeat(count), logits.repeat_interleave(count, 0)
     tokens = torch.zeros(logits.shape[0], 0, dtype=torch.long, device=memory.device)
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=memory.device)
     for step in range(max_new):
         log_probs = _suppress((logits.float() / options.temperature).log_softmax(-1), model.tokenizer)
-        log_probs = _filter(log_probs, step, limits, tokens, options, eos)
+        log_probs = _filter(log_probs, step, limits, tokens, options, eos, bad_endings)
         if options.top_k:
             kth = log_probs.topk(options.top_k, -1).values[:, -1:]
-            log_probs = log_probs.masked_fill(log_probs < kth, float("-inf"))
+            log_probs = log_probs.masked_fill(log_probs < kth, NEG_INF)
         token = torch.multinomial(log_probs.softmax(-1), 1).squeeze(1).masked_fill(done, eos)
         tokens = torch.cat([tokens, token[:, None]], 1)
         done |= token == eos

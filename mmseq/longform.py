@@ -1,0 +1,223 @@
+"""Long audio: split a recording into windows the model can decode, then join their texts.
+
+Split points come from pauses: stretches of low energy (``split="energy"``), or of CTC blanks
+between words (``split="ctc"``, for models with a CTC head; robust to steady noise). Each window
+runs from inside one pause to inside the next, so neighbouring windows overlap only by silence
+and their texts join end to end. Where no pause falls inside the allowed window length (fast,
+continuous speech), the window is cut at its quietest moment and the next one starts ``overlap``
+seconds earlier; the words the two texts share in that overlap are aligned and kept once.
+
+The pieces here are pure functions of the waveform (and of per-window texts), so the splitting and
+joining can be tested without a model; :func:`decode_long` puts them around a model's batched
+decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+HOP_SECONDS = 0.01  # analysis frame hop: cut points are placed to 10 ms
+
+
+@dataclass
+class LongformOptions:
+    window: float = 30.0  # longest window in seconds; longer recordings are split
+    split: str = "energy"  # how pauses are found: "energy" or "ctc"
+    min_pause: float = 0.2  # shortest pause (seconds) that makes a clean cut
+    overlap: float = 2.0  # overlap (seconds) of windows cut inside speech, where no pause was found
+    quiet: float = 0.3  # energy split: a frame is quiet below floor + quiet * (loud - floor) in dB
+
+
+@dataclass
+class Window:
+    start: int  # first sample
+    end: int  # one past the last sample
+    joins_previous: str = "start"  # how it joins the window before: "start", "pause" or "overlap"
+
+
+# -- pauses ------------------------------------------------------------------------------------------
+def frame_energy(waveform: torch.Tensor, sample_rate: int, hop: float = HOP_SECONDS) -> torch.Tensor:
+    """Energy in dB of 25 ms frames every ``hop`` seconds ``(frames,)``; frame ``i`` starts at
+    sample ``i * hop * sample_rate``."""
+    step, size = int(round(hop * sample_rate)), int(round(0.025 * sample_rate))
+    padded = torch.nn.functional.pad(waveform.float(), (0, size))
+    frames = padded.unfold(0, size, step)[: max(1, -(-len(waveform) // step))]
+    return 10 * torch.log10(frames.pow(2).mean(1) + 1e-10)
+
+
+def quiet_runs(quiet: torch.Tensor, min_frames: int) -> list[tuple[int, int]]:
+    """Runs ``(start, end)`` (end exclusive) of at least ``min_frames`` True frames of ``quiet``."""
+    edges = torch.diff(torch.cat([torch.tensor([0]), quiet.int(), torch.tensor([0])])).tolist()
+    starts = [i for i, d in enumerate(edges) if d == 1]
+    ends = [i for i, d in enumerate(edges) if d == -1]
+    return [(s, e) for s, e in zip(starts, ends) if e - s >= min_frames]
+
+
+def energy_pauses(waveform: torch.Tensor, sample_rate: int, options: LongformOptions) -> tuple[list, torch.Tensor]:
+    """Pauses ``[(start, end)]`` in 10 ms frames, and the frame energies in dB."""
+    energy = frame_energy(waveform, sample_rate)
+    floor, loud = torch.quantile(energy, 0.05), torch.quantile(energy, 0.95)
+    quiet = energy < floor + options.quiet * (loud - floor)
+    return quiet_runs(quiet, max(1, round(options.min_pause / HOP_SECONDS))), energy
+
+
+@torch.no_grad()
+def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions) -> tuple[list, torch.Tensor]:
+    """Pauses from the CTC head: runs of blank frames between two words (or at either end).
+
+    The recording is encoded in pieces of ``options.window`` seconds; returns pauses in 10 ms
+    frames and a per-frame cost (blank log-probability, negated) for forced cuts.
+    """
+    sample_rate, tokenizer = model.encoder.sample_rate, model.tokenizer
+    piece = int(options.window * sample_rate)
+    paths, blank_log_probs = [], []
+    for start in range(0, len(waveform), piece):
+        part = waveform[start:start + piece].to(model.device)
+        memory, mask = model.encode(part[None], torch.tensor([len(part)], device=model.device))
+        log_probs = model.ctc_log_probs(memory)[0, : int(mask.sum())]
+        paths.append(log_probs.argmax(-1).cpu())
+        blank_log_probs.append(log_probs[:, tokenizer.pad_id].cpu())
+    path, blank_log_prob = torch.cat(paths), torch.cat(blank_log_probs)
+    # Which tokens end or start a word: a space character, or a sentencepiece piece with "▁".
+    vocabulary = [tokenizer.decode([i]) if i >= len(tokenizer.special_tokens) else "" for i in range(tokenizer.vocab_size)]
+    if hasattr(tokenizer, "processor"):
+        starts_word = [tokenizer.processor.id_to_piece(i).startswith("▁") for i in range(tokenizer.vocab_size)]
+    else:
+        starts_word = [text.startswith(" ") for text in vocabulary]
+    ends_word = [text.endswith(" ") for text in vocabulary]
+    frames_per_second = len(path) / (len(waveform) / sample_rate)
+    to_hop = 1.0 / (frames_per_second * HOP_SECONDS)
+    blank = path == tokenizer.pad_id
+    runs = quiet_runs(blank, 1)
+    pauses = []
+    labels = path.tolist()
+    for start, end in runs:
+        before = labels[start - 1] if start > 0 else None
+        after = labels[end] if end < len(labels) else None
+        if before is None or after is None or ends_word[before] or starts_word[after]:
+            if (end - start) * to_hop * HOP_SECONDS >= min(options.min_pause, 0.1):
+                pauses.append((int(start * to_hop), int(end * to_hop)))
+    hops = -(-len(waveform) // int(round(HOP_SECONDS * sample_rate)))
+    cost = -blank_log_prob[(torch.arange(hops) / to_hop).long().clamp(max=len(path) - 1)]
+    return pauses, cost
+
+
+# -- windows -----------------------------------------------------------------------------------------
+def plan_windows(total: int, pauses: list[tuple[int, int]], cost: torch.Tensor, sample_rate: int,
+                 options: LongformOptions) -> list[Window]:
+    """Windows of at most ``options.window`` seconds over ``total`` samples.
+
+    ``pauses``: ``(start, end)`` in 10 ms frames; ``cost``: per-frame loudness used to place a cut
+    where no pause fits (lower is quieter). Each window is as long as allowed: it ends near the
+    end of the latest pause that fits, and the next begins near that pause's start. Both keep a
+    margin (a quarter of the pause, at most 0.1 s) from the sounds around the pause, whose edges
+    the 25 ms analysis frames place only roughly.
+    """
+    hop = int(round(HOP_SECONDS * sample_rate))
+    frames = -(-total // hop)
+    longest = max(1, int(options.window / HOP_SECONDS))
+    overlap = min(int(options.overlap / HOP_SECONDS), longest // 2)
+    windows, start, join = [], 0, "start"
+    while frames - start > longest:
+        fitting = [p for p in pauses if p[0] > start and p[1] <= start + longest]
+        if fitting:
+            pause = max(fitting, key=lambda p: p[1])
+            margin = min(int(0.1 / HOP_SECONDS), (pause[1] - pause[0]) // 4)
+            windows.append(Window(start * hop, min(total, (pause[1] - margin) * hop), join))
+            start, join = pause[0] + margin, "pause"
+            continue
+        # No pause: cut at the quietest frame of the window's last quarter, overlap the next one.
+        low = start + max(overlap + 1, 3 * longest // 4)
+        end = low + int(cost[low:start + longest].argmin())
+        windows.append(Window(start * hop, min(total, end * hop), join))
+        start, join = end - overlap, "overlap"
+    windows.append(Window(start * hop, total, join))
+    return windows
+
+
+def split_audio(waveform: torch.Tensor, sample_rate: int, options: LongformOptions, model=None) -> list[Window]:
+    """Windows of a recording ``(samples,)``: one window when it is short enough."""
+    if len(waveform) <= options.window * sample_rate:
+        return [Window(0, len(waveform))]
+    if options.split == "energy":
+        pauses, cost = energy_pauses(waveform, sample_rate, options)
+    elif options.split == "ctc":
+        if model is None or getattr(model, "ctc_head", None) is None:
+            from .errors import ConfigError
+            raise ConfigError("split='ctc' needs a model with a CTC head; use split='energy'")
+        pauses, cost = ctc_pauses(model, waveform, options)
+    else:
+        from .errors import ConfigError
+        raise ConfigError(f"unknown long-audio split {options.split!r}: use 'energy' or 'ctc'")
+    return plan_windows(len(waveform), pauses, cost, sample_rate, options)
+
+
+# -- joining -----------------------------------------------------------------------------------------
+def merge_overlap(left: list[str], right: list[str]) -> list[str]:
+    """Words of two texts whose ends overlap in time, kept once.
+
+    Every overlap length is tried; the one whose aligned words agree most (by count, then by
+    share, so that one coincidental word does not outweigh a real overlap) wins, and the texts are
+    joined at its middle, where both windows heard the words whole (a word cut by a window's edge
+    is garbled at that edge). Without any agreement the texts are simply put together.
+    """
+    best, best_score = 0, (0, 0.0)
+    for size in range(1, min(len(left), len(right)) + 1):
+        matches = sum(a == b for a, b in zip(left[-size:], right[:size]))
+        score = (matches, matches / size)
+        if matches and score > best_score:
+            best, best_score = size, score
+    if not best:
+        return left + right
+    return left[: len(left) - best + best // 2] + right[best // 2:]
+
+
+def join_texts(texts: list[str], windows: list[Window]) -> str:
+    """One text from the texts of consecutive windows."""
+    if len(texts) == 1:
+        return texts[0]
+    words: list[str] = []
+    for text, window in zip(texts, windows):
+        new = text.split()
+        words = merge_overlap(words, new) if window.joins_previous == "overlap" else words + new
+    return " ".join(words)
+
+
+# -- decoding ----------------------------------------------------------------------------------------
+def continuation_prompt(tokenizer, prompt) -> list[int]:
+    """The prompt of every window after the first: its task and control tokens, not its text
+    prefix (which the first window's text already starts with)."""
+    ids = tokenizer.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt or [])
+    return [i for i in ids if i < len(tokenizer.special_tokens)]
+
+
+def decode_long(model, waveforms: list[torch.Tensor], options: LongformOptions | None = None,
+                batch_size: int = 16, prompt=None, decode=None, **decoding) -> list[str]:
+    """Texts of recordings ``(samples,)`` of any length, at the model's sample rate: every window
+    of every recording is decoded in batches of similar length, then each recording's texts are
+    joined.
+
+    ``decode(pieces, prompts) -> texts`` may replace the model's batched decoding (tests use a fake
+    one); by default it is :func:`mmseq.inference.decode_batched` with ``decoding`` options.
+    """
+    from .inference import decode_batched
+
+    options = options or LongformOptions()
+    plans = [split_audio(w, model.encoder.sample_rate, options, model) for w in waveforms]
+    later = continuation_prompt(model.tokenizer, prompt)
+    pieces, prompts, owners = [], [], []
+    for i, (waveform, plan) in enumerate(zip(waveforms, plans)):
+        for k, window in enumerate(plan):
+            pieces.append(waveform[window.start:window.end])
+            prompts.append(prompt if k == 0 else later)
+            owners.append((i, k))
+    if decode is None:
+        texts = decode_batched(model, pieces, prompts, batch_size, **decoding)
+    else:
+        texts = decode(pieces, prompts)
+    by_recording = [[""] * len(plan) for plan in plans]
+    for (i, k), text in zip(owners, texts):
+        by_recording[i][k] = text
+    return [join_texts(t, plan) for t, plan in zip(by_recording, plans)]
