@@ -161,7 +161,9 @@ class SentencePieceTokenizer(Tokenizer):
                 input=corpus, model_prefix=os.path.join(tmp, "sp"), vocab_size=vocab_size,
                 model_type=model_type, character_coverage=1.0, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
                 pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK,
-                user_defined_symbols=prompt_tokens, hard_vocab_limit=False, minloglevel=2,
+                # Control symbols, not user-defined ones: text that spells "<|asr|>" stays text (as
+                # with the char tokenizer), so a transcript can never inject a prompt token.
+                control_symbols=prompt_tokens, hard_vocab_limit=False, minloglevel=2,
             )
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(os.path.join(tmp, "sp.model"), out)

@@ -70,9 +70,13 @@ def test_unknown_symbols_become_unk(kind, char, sentencepiece_tokenizer):
         assert ids == tokenizer.encode("cat ") + [tokenizer.unk_id] + tokenizer.encode(" dog")
 
 
-def test_prompt_tokens_in_text_are_not_special(char):
-    # A prompt token spelled inside ordinary text is characters, not the special id.
-    assert char.token_id("<|asr|>") not in char.encode("<|asr|>")
+@pytest.mark.parametrize("kind", ["char", "sentencepiece"])
+def test_prompt_tokens_in_text_are_not_special(kind, char, sentencepiece_tokenizer):
+    # A prompt token spelled inside ordinary text is text, not the special id: a transcript can
+    # never inject a control token.
+    tokenizer = char if kind == "char" else sentencepiece_tokenizer
+    ids = tokenizer.encode("the <|asr|> cat <|short|>")
+    assert not set(ids) & set(range(4, len(tokenizer.special_tokens)))
 
 
 @pytest.mark.parametrize("kind", ["char", "sentencepiece"])
