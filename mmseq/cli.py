@@ -35,8 +35,16 @@ def _load(args):
 
 def command_train(args) -> int:
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.run import main as torchrun
-        torchrun([f"--nproc_per_node={args.nproc}", "-m", "mmseq", "train", args.config, *args.overrides])
+        try:  # --standalone: a rendezvous on a free local port, so two runs on one machine do not clash
+            torchrun(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "mmseq", "train", args.config,
+                      *args.overrides])
+        except ChildFailedError as error:
+            failure = error.get_first_failure()[1]
+            print(f"mmseq: error: training process {failure.local_rank} failed (exit code {failure.exitcode})",
+                  file=sys.stderr)
+            return failure.exitcode if failure.exitcode > 0 else 1
         return 0
     from .config import load_config
     from .train import train
@@ -84,6 +92,20 @@ def _decode_files(args) -> int:
     return 1 if failures else 0
 
 
+def command_average(args) -> int:
+    from .average import average_checkpoints, select_checkpoints
+    if args.last is None and args.best is None:
+        folders = args.checkpoints
+    elif len(args.checkpoints) == 1:
+        folders = select_checkpoints(args.checkpoints[0], last=args.last, best=args.best)
+    else:
+        print("mmseq: error: --last/--best take one training output folder", file=sys.stderr)
+        return 2
+    out = average_checkpoints(folders, args.out)
+    print(f"averaged {len(folders)} checkpoints ({', '.join(Path(f).name for f in folders)}) into {out}")
+    return 0
+
+
 def command_encoders(args) -> int:
     from .encoders import ENCODERS
     for name in ENCODERS.names():
@@ -118,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ordered", action="store_true", help="print results in input order at the end")
         _decoding_arguments(p)
         p.set_defaults(run=_decode_files)
+
+    p = commands.add_parser("average", help="average the weights of checkpoints (the last or best N of a run)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint folders, or one training output folder with --last/--best")
+    p.add_argument("--out", required=True, help="folder for the averaged checkpoint")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--last", type=int, help="average the run's N newest checkpoints")
+    group.add_argument("--best", type=int, help="average the run's N best checkpoints by validation metric")
+    p.set_defaults(run=command_average)
 
     p = commands.add_parser("encoders", help="list the registered encoders, built-in and from plugins")
     p.set_defaults(run=command_encoders)

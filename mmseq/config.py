@@ -52,11 +52,15 @@ class TrainerConfig:
     seed: int = 0
     compile: bool = False  # torch.compile the model
     keep_best: int = 3  # checkpoints kept by validation metric (the latest is always kept too)
+    keep_last: int = 1  # most recent checkpoints kept (raise it to average the last N)
     val_metric: str = "loss"  # "loss", "accuracy", or the task's metric ("wer", "CIDEr", "bleu")
     val_beam_size: int = 1  # beam for the task metric during validation
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: end of epoch only)
     log_every: int = 25
-    nonfinite_limit: int = 20  # non-finite losses in a row before training stops
+    nonfinite_limit: int = 20  # steps in a row skipped for a non-finite loss or gradient before training stops
+    ema: float = 0.0  # decay of a moving average of the weights (e.g. 0.999; 0: off), saved and validated
+    activation_checkpointing: bool = False  # recompute each encoder/decoder layer in backward: less memory
+    fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
 
 
 @dataclass

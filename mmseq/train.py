@@ -1,12 +1,27 @@
-"""The one trainer every task shares: from a laptop CPU to many GPUs through torchrun.
+"""The one trainer every task shares: from a laptop CPU to many GPUs on many nodes.
 
-Mixed precision, gradient accumulation, clipping, warmup then decay, validation each epoch,
-atomic checkpoints with keep-best-k, exact resume from the output folder, skipped bad examples,
-a CSV log and a PNG of the learning curves.
+Started as ``mmseq train CONFIG`` it runs one process; started by ``torchrun`` (or
+``mmseq train --nproc N``) every process joins one process group (NCCL on GPUs, gloo on CPUs) and
+trains with DistributedDataParallel, or with FSDP2 (``trainer.fsdp``) when the weights, gradients
+and optimizer state should be sharded. See docs/distributed.md for several nodes and SLURM.
+
+One optimizer step is the same update whatever the split: the model returns its loss summed over
+examples, and the trainer divides the gradients by the examples of the whole step, counted over
+every micro-batch (``trainer.accumulate``) and every rank. The length-bucketed sampler deals each
+rank its own batches, every example once per epoch.
+
+Nothing is lost: checkpoints are written atomically (a temporary folder renamed into place, so a
+failed or killed write leaves the previous one whole) at the end of each epoch and every
+``trainer.checkpoint_every`` steps; they hold the optimizer, scheduler, loss scaler, every rank's
+random state and the data position, so a run killed at any moment and restarted from the same
+folder ends with the same weights as a run never stopped (bit for bit on CPU). SIGINT and SIGTERM
+save a checkpoint before exiting. A step whose loss or gradients are not finite is skipped on every
+rank, counted, and too many in a row stop training with a clear error.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import fcntl
 import json
@@ -17,23 +32,27 @@ import shutil
 import signal
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .config import Config, config_to_dict
 from .data.batching import BucketBatchSampler
 from .errors import CheckpointError, ConfigError, MmseqError
-from .model import Seq2Seq, load
+from .model import WEIGHTS_FILE, Seq2Seq, load
+from .scst import SelfCriticalObjective, start_model
 from .tasks import ExampleDataset
 from .tokenizer import train_tokenizer
 
 CHECKPOINTS = "checkpoints"
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.pt"
+TRAINING_WEIGHTS = "trainer_weights.safetensors"  # the raw weights, when model.safetensors holds the EMA
 
 
 class TrainingError(MmseqError, RuntimeError):
@@ -49,14 +68,19 @@ def distributed_setup(device_setting: str) -> tuple[int, int, torch.device]:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(device_setting)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (Ampere and later)
+        torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
 
 
 def all_reduce_sum(values: list[float], device) -> list[float]:
+    """Sums over every rank (the values themselves in a single process)."""
     if not dist.is_initialized():
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -88,6 +112,9 @@ def lr_factor(step: int, total: int, config) -> float:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that have it, else fp16 (with a loss scaler); fp32 on CPU unless asked."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"trainer.precision={precision!r}: expected auto, fp32, bf16 or fp16")
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
@@ -95,10 +122,91 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+# -- memory: activation checkpointing and sharding ----------------------------------------------
+def layer_modules(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a model: every child of a ``layers`` or ``blocks`` list (the
+    encoder's and decoder's layers, a timm ViT's blocks), outermost lists only."""
+    found, inside = [], []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in inside):
+            continue
+        if name.rsplit(".", 1)[-1] in ("layers", "blocks") and isinstance(module, (nn.ModuleList, nn.Sequential)):
+            found += list(module)
+            inside.append(name)
+    return found
+
+
+def checkpoint_activations(modules: list[nn.Module]) -> None:
+    """Keep only each module's inputs in the forward pass and recompute the rest in backward:
+    activation memory of one layer instead of all, for about a third more compute. The weights,
+    their names and the results (dropout masks included) are unchanged."""
+    from torch.utils.checkpoint import checkpoint
+
+    for module in modules:
+        def forward(*args, _forward=module.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+        module.forward = forward
+
+
+def shard_model(model: nn.Module) -> None:
+    """FSDP2: each layer, then the rest, sharded across the process group (in place). A layer's
+    own public methods besides ``forward`` (the decoder layer's ``memory_kv``) gather its weights too."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    for module in layer_modules(model):
+        methods = [name for name, value in vars(type(module)).items()
+                   if callable(value) and not name.startswith("_") and name != "forward"]
+        fully_shard(module)  # (this changes the module's class)
+        for name in methods:
+            register_fsdp_forward_method(module, name)
+    fully_shard(model)
+
+
+@contextmanager
+def full_weights(model: nn.Module):
+    """Gather a sharded model's weights on every rank for the duration (validation, decoding),
+    so that ranks may run different numbers of forward passes; a no-op for a plain model."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in sharded:
+        module.unshard()
+        module.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for module in sharded:
+            module.set_reshard_after_forward(True, recurse=False)
+            module.reshard()
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights (Polyak averaging), in a copy of the model.
+
+    The decay ramps up as ``min(decay, (1 + step) / (10 + step))`` so the first steps' random
+    weights fade quickly; buffers are copied, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ConfigError(f"trainer.ema={decay}: the decay must be between 0 and 1 (0 turns it off)")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1.0 - decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a folder is complete once renamed into place)."""
-    folder = output_dir / CHECKPOINTS
+    folder = Path(output_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if p.name.startswith("step-") and (p / STATE_JSON).is_file()]
@@ -120,7 +228,11 @@ def set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """Trains ``config.task`` from ``config.data`` into ``config.output_dir``; see :func:`train`."""
+    """Trains ``config.task`` from ``config.data`` into ``config.output_dir``; see :func:`train`.
+
+    The parts a test or a benchmark may drive alone: :meth:`setup`, :meth:`forward_backward`
+    (one micro-batch), :meth:`optimizer_step`, :meth:`train_epoch`, :meth:`validate`, :meth:`save`.
+    """
 
     def __init__(self, config: Config):
         self.config = config
@@ -159,32 +271,46 @@ class Trainer:
         examples, errors = task.read(manifest, training, skip_errors=True)
         for error in errors:
             self.log_message(f"skipped: {error}")
-        self.bad_examples += len(errors)
         if not examples:
             raise TrainingError(f"{manifest}: no usable examples")
-        return examples
+        return examples, len(errors)
+
+    def _check_settings(self) -> None:
+        trainer = self.config.trainer
+        if not self.config.data.train:
+            raise ConfigError("data.train: no training manifest given")
+        if trainer.accumulate < 1:
+            raise ConfigError(f"trainer.accumulate={trainer.accumulate}: must be at least 1")
+        if trainer.fsdp and trainer.ema:
+            raise ConfigError("trainer.ema is not supported with trainer.fsdp (the average would need "
+                              "its own shards); turn one off")
+        self.dtype = autocast_dtype(trainer.precision, self.device)
+        if trainer.fsdp and self.dtype == torch.float16:
+            raise ConfigError("trainer.fsdp needs precision bf16 or fp32 (fp16 loss scaling of sharded "
+                              "gradients is not supported)")
 
     def setup(self) -> None:
-        config = self.config
-        torch.manual_seed(config.trainer.seed)
-        random.seed(config.trainer.seed)
+        config, trainer = self.config, self.config.trainer
+        self._check_settings()
+        torch.manual_seed(trainer.seed)
+        random.seed(trainer.seed)
         if self.is_main:
             self._lock()
             (self.out / "config.yaml").write_text(_yaml_dump(config_to_dict(config)))
         self._barrier()
-        self.bad_examples = 0
-        checkpoints = list_checkpoints(self.out)
         self.resume_from = None
-        for folder in reversed(checkpoints):  # the newest that loads; a corrupt one is reported
+        for folder in reversed(list_checkpoints(self.out)):  # the newest that loads; a corrupt one is reported
             try:
                 self.model = load(folder)
+                if (folder / TRAINING_WEIGHTS).is_file():
+                    self.model.load_state_dict(_read_weights(folder / TRAINING_WEIGHTS))
                 self.resume_from = folder
                 break
             except (CheckpointError, ConfigError) as error:
                 self.log_message(f"cannot resume from {folder} ({error}); trying the one before")
-        if not config.data.train:
-            raise ConfigError("data.train: no training manifest given")
-        if self.resume_from is None:
+        if self.resume_from is None and config.scst.enabled:
+            self.model = start_model(config.scst, config.task)  # SCST fine-tunes a cross-entropy checkpoint
+        elif self.resume_from is None:
             from .data.manifest import read_manifest
             lines = read_manifest(config.data.train, (), skip_errors=True)[0]
             texts = [e["text"] for e in lines if "text" in e] + [c for e in lines for c in e.get("captions", [])]
@@ -192,47 +318,105 @@ class Trainer:
             self.model = Seq2Seq(config.model, tokenizer, config.task, asdict(config.decoding))
         self.model.to(self.device).train()
         self.task = self.model.task
-        self.train_examples = self._read(config.data.train, True, self.task)
-        self.valid_examples = self._read(config.data.valid, False, self.task) if config.data.valid else []
+        # SCST reads one example per image (all its captions are the references), not one per caption.
+        self.train_examples, self.manifest_errors = self._read(config.data.train, not config.scst.enabled, self.task)
+        self.valid_examples = self._read(config.data.valid, False, self.task)[0] if config.data.valid else []
         lengths = [self.task.length(e) for e in self.train_examples]
         self.sampler = BucketBatchSampler(lengths, config.data.batch_size, config.data.max_batch_examples,
-                                          shuffle=True, seed=config.trainer.seed, rank=self.rank,
-                                          world_size=self.world)
+                                          shuffle=True, seed=trainer.seed, rank=self.rank, world_size=self.world,
+                                          groups=[self.task.group(e) for e in self.train_examples])
+        # The loader draws its worker seeds from its own generator, reseeded each epoch, not from
+        # the global one: a resumed run's dropout then follows the same random stream.
+        self.data_generator = torch.Generator()
         self.loader = DataLoader(ExampleDataset(self.task, self.train_examples, training=True),
                                  batch_sampler=self.sampler, collate_fn=self.task.collate,
-                                 num_workers=config.data.num_workers, persistent_workers=False)
-        self.optimizer = make_optimizer(self.model, config.trainer)
-        steps_per_epoch = math.ceil(len(self.sampler.epoch_batches()) / config.trainer.accumulate)
-        self.total_steps = config.trainer.max_steps or steps_per_epoch * config.trainer.max_epochs
+                                 num_workers=config.data.num_workers, generator=self.data_generator,
+                                 pin_memory=self.device.type == "cuda")
+        # Every rank starts from the same weights (above) but draws its own dropout and
+        # augmentation from here on.
+        torch.manual_seed(trainer.seed * 1000 + 1 + self.rank)
+        random.seed(trainer.seed * 1000 + 1 + self.rank)
+
+        self.ema = WeightAverage(self.model, trainer.ema) if trainer.ema else None
+        if self.ema is not None and self.resume_from is not None:
+            self.ema.model.load_state_dict(_read_weights(self.resume_from / WEIGHTS_FILE))
+        if trainer.activation_checkpointing:
+            checkpoint_activations(layer_modules(self.model))
+        self.sharded = trainer.fsdp and self.world > 1
+        if self.sharded:
+            shard_model(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.model, trainer)
+        self.batches_per_epoch = len(self.sampler.epoch_batches())  # this rank's; the same on every rank
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / trainer.accumulate)
+        self.total_steps = trainer.max_steps or self.steps_per_epoch * trainer.max_epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, self.total_steps, config.trainer))
-        self.dtype = autocast_dtype(config.trainer.precision, self.device)
+            self.optimizer, lambda step: lr_factor(step, self.total_steps, trainer))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": [], "bad_examples": 0,
-                      "nonfinite_in_row": 0, "skipped_steps": 0}
+                      "nonfinite_in_row": 0, "skipped_steps": 0, "world_size": self.world,
+                      "sharded": self.sharded}
         if self.resume_from is not None:
             self._load_state(self.resume_from)
-        self.bad_examples += self.state["bad_examples"]
+
         self.network = self.model
-        if config.trainer.compile:
-            self.network = torch.compile(self.network)
-        if self.world > 1:
-            self.network = torch.nn.parallel.DistributedDataParallel(
+        if config.scst.enabled:  # the loss is the self-critical objective, a module around the model
+            self.network = SelfCriticalObjective(self.model, config.scst, self.train_examples, self.out)
+        if self.world > 1 and not self.sharded:
+            self.network = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ddp = self.network
+        if trainer.compile:
+            self.network = torch.compile(self.network)
+        self.standin = self._standin_batch() if self.world > 1 else None
+        self.running = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, examples, correct, tokens
+
+    def _standin_batch(self) -> dict:
+        """One readable training example as a batch: what a rank whose batch is empty runs, with
+        zero weight, so that it still joins the other ranks' gradient exchange."""
+        dataset = self.loader.dataset
+        for index in range(len(dataset)):
+            batch = self.task.collate([dataset[index]])
+            if batch["size"]:
+                return batch
+        raise TrainingError(f"{self.config.data.train}: no readable training example")
 
     def _load_state(self, folder: Path) -> None:
-        self.state = json.loads((folder / STATE_JSON).read_text())
+        state = json.loads((folder / STATE_JSON).read_text())
+        if state.get("sharded", False) != self.sharded:
+            how = "sharded (trainer.fsdp, several processes)" if state.get("sharded") else "unsharded"
+            raise ConfigError(f"{folder}: its optimizer state was saved {how}; resume it the same way")
         tensors = torch.load(folder / STATE_TENSORS, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(tensors["optimizer"])
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            set_optimizer_state_dict(self.model, self.optimizer, tensors["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(tensors["optimizer"])
         self.scheduler.load_state_dict(tensors["scheduler"])
         self.scaler.load_state_dict(tensors["scaler"])
-        set_rng_state(tensors["rng"][self.rank] if self.rank < len(tensors["rng"]) else tensors["rng"][0])
-        self.log_message(f"resumed from {folder} (epoch {self.state['epoch']}, step {self.state['step']})")
+        rngs = tensors["rng"]
+        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world and state["batch_in_epoch"]:
+            # A rank's position counts its own batches: carry the share of the epoch already done over.
+            done = state["batch_in_epoch"] * saved_world
+            state["batch_in_epoch"] = done // self.world
+            self.log_message(f"resuming a {saved_world}-process run with {self.world} processes: the epoch "
+                             "goes on from about the same point, not exactly (same process count: exact)")
+        state["world_size"] = self.world
+        self.state.update(state)
+        self.log_message(f"resumed from {folder} (epoch {self.state['epoch'] + 1}, "
+                         f"batch {self.state['batch_in_epoch']}, step {self.state['step']})")
 
     # -- logging ------------------------------------------------------------------------------
     def log_message(self, text: str) -> None:
         if self.is_main:
             tqdm.write(text, file=sys.stderr)
+
+    def warn(self, text: str) -> None:
+        """A message from any rank (skipped examples are found where they are loaded)."""
+        tqdm.write(f"[rank {self.rank}] {text}" if self.world > 1 else text, file=sys.stderr)
 
     def log_row(self, row: dict) -> None:
         if not self.is_main:
@@ -248,7 +432,14 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------------
     def _handle_signal(self, number, frame) -> None:
+        if self.stop_signal is not None:  # a second Ctrl-C: stop now, the last checkpoint stays
+            raise KeyboardInterrupt
         self.stop_signal = number
+        self.log_message(f"signal {number}: saving a checkpoint at the end of this step, then stopping")
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop (all ranks agree, so they all save and leave)."""
+        return all_reduce_sum([float(self.stop_signal is not None)], self.device)[0] > 0
 
     def train(self) -> Path | None:
         self.setup()
@@ -256,15 +447,20 @@ class Trainer:
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.state["epoch"] < config.max_epochs and self.state["step"] < self.total_steps:
-                self.train_epoch()
-                if self.stop_signal is not None:
-                    self.save()
-                    self.log_message(f"stopped by signal {self.stop_signal}; checkpoint saved, rerun to resume")
-                    raise SystemExit(128 + self.stop_signal)
+                if self.train_epoch():  # stopped by a signal
+                    self._save_or_fail(None, "the checkpoint on stopping")
+                    self._exit_on_signal()
                 metric = self.validate()
-                self.state["epoch"] += 1
-                self.state["batch_in_epoch"] = 0
-                self.save(metric)
+                if self.state["batch_in_epoch"] >= self.batches_per_epoch:  # not cut short by max_steps
+                    self.state["epoch"] += 1
+                    self.state["batch_in_epoch"] = 0
+                if self.state["epoch"] >= config.max_epochs or self.state["step"] >= self.total_steps:
+                    self._save_or_fail(metric, "the last checkpoint")
+                    break
+                if not self.save(metric):
+                    self.log_message("training goes on; the next checkpoint will try again")
+                if self._stop_requested():  # a signal during validation
+                    self._exit_on_signal()
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
@@ -273,113 +469,176 @@ class Trainer:
         best = self.out / "best"
         return best if best.exists() else None
 
-    def _step_count(self, examples: int) -> float:
-        return all_reduce_sum([float(examples)], self.device)[0]
+    def _save_or_fail(self, metric, what: str) -> None:
+        if not self.save(metric):
+            raise TrainingError(f"{self.out}: could not write {what}; the checkpoint before it is intact")
 
-    def train_epoch(self) -> None:
-        config = self.config.trainer
-        self.sampler.set_epoch(self.state["epoch"], self.state["batch_in_epoch"])
-        self.model.train()
-        bar = tqdm(self.loader, desc=f"epoch {self.state['epoch'] + 1}", disable=not self.is_main,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-        micro, window_examples, running = 0, 0, []
-        epoch_bad = 0
-        for batch in bar:
-            if batch["errors"]:
-                epoch_bad += len(batch["errors"])
-                self.bad_examples += len(batch["errors"])
-                for error in batch["errors"]:
-                    self.log_message(f"skipped: {error}")
-                if self.bad_examples > self.config.data.max_bad_examples:
-                    raise TrainingError(f"{self.bad_examples} unreadable examples, more than "
-                                        f"data.max_bad_examples={self.config.data.max_bad_examples}")
-            micro += 1
-            self.state["batch_in_epoch"] += 1
-            if batch["size"]:
-                batch = _to_device(batch, self.device)
-                sync = micro % config.accumulate == 0
-                context = self.network.no_sync() if (self.world > 1 and not sync) else _nullcontext()
-                with context, torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                             enabled=self.dtype is not None):
-                    out = self.network(batch)
-                if torch.isfinite(out["loss_sum"]):
-                    self.scaler.scale(out["loss_sum"]).backward()
-                    window_examples += batch["size"]
-                running.append([float(out["loss"]), float(out["correct"]) / max(1, int(out["tokens"]))])
-            if micro % config.accumulate:
-                continue
-            self._optimizer_step(window_examples)
-            window_examples = 0
-            if running and self.state["step"] % config.log_every == 0:
-                loss = sum(r[0] for r in running) / len(running)
-                accuracy = sum(r[1] for r in running) / len(running)
-                running = []
-                lr = self.scheduler.get_last_lr()[0]
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", lr=f"{lr:.2e}")
-                self.log_row({"split": "train", "epoch": self.state["epoch"] + 1, "step": self.state["step"],
-                              "loss": round(loss, 4), "accuracy": round(accuracy, 4), "lr": lr})
-            if config.checkpoint_every and self.state["step"] % config.checkpoint_every == 0:
-                self.save()
-            if self.stop_signal is not None or self.state["step"] >= self.total_steps:
-                break
-        if epoch_bad:
-            self.log_message(f"epoch {self.state['epoch'] + 1}: skipped {epoch_bad} unreadable examples "
-                             f"({self.bad_examples} in this run)")
+    def _exit_on_signal(self) -> None:
+        number = self.stop_signal or signal.SIGTERM  # or the signal went to another rank
+        self.log_message(f"stopped by signal {number}: checkpoint saved at step {self.state['step']}; "
+                         "rerun the same command to resume")
+        raise SystemExit(128 + number)
 
-    def _optimizer_step(self, examples: int) -> None:
+    def _gradient_sync(self, sync: bool):
+        """Within an accumulation window only the last micro-batch exchanges gradients."""
+        if self.world == 1:
+            return nullcontext()
+        if self.sharded:
+            self.model.set_requires_gradient_sync(sync)
+            return nullcontext()
+        return nullcontext() if sync else self.ddp.no_sync()
+
+    def forward_backward(self, batch: dict, sync: bool = True) -> None:
+        """Forward and backward of one micro-batch; its gradients add to those already there.
+
+        The loss is summed over the batch's examples (the step divides by the global count). A
+        non-finite loss still runs backward: with several ranks every one must take part in the
+        gradient exchange, and the non-finite gradients it spreads make every rank skip the step.
+        """
+        weight = 1.0
+        if not batch["size"]:
+            if self.world == 1:
+                return  # nothing to learn and nobody waiting
+            batch, weight = self.standin, 0.0
+        batch = _to_device(batch, self.device)
+        with self._gradient_sync(sync):
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                out = self.network(batch)
+            loss_sum = out["loss_sum"]
+            self.scaler.scale(loss_sum * weight).backward()
+        if weight:
+            figures = torch.stack([loss_sum.detach().double(), torch.tensor(float(out["examples"]), device=self.device,
+                                   dtype=torch.float64), out["correct"].double(), out["tokens"].double()])
+            self.running += torch.where(torch.isfinite(figures[0]), figures, 0.0)  # no device sync here
+
+    def optimizer_step(self, examples: int, bad_examples: int = 0) -> bool:
+        """Scale the summed gradients to the mean over the step's examples on all ranks, clip, and
+        step, unless they are not finite (then the step is skipped and counted). Returns whether
+        the weights changed."""
         config = self.config.trainer
-        total = self._step_count(examples)
+        examples, bad_examples, stop = all_reduce_sum(
+            [float(examples), float(bad_examples), float(self.stop_signal is not None)], self.device)
+        self.stop_everywhere = stop > 0
+        self.state["bad_examples"] += int(bad_examples)
+        limit = self.config.data.max_bad_examples
+        if self.state["bad_examples"] + self.manifest_errors > limit:
+            raise TrainingError(f"{self.state['bad_examples'] + self.manifest_errors} unreadable examples, "
+                                f"more than data.max_bad_examples={limit}")
+        if examples == 0:  # a window of unreadable examples only
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
         self.scaler.unscale_(self.optimizer)
-        # Gradients hold the sum of per-example losses (averaged over ranks by DDP): make them the
-        # mean over every example of this step, on every rank.
-        factor = self.world / max(total, 1.0)
-        for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(factor)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        if total == 0 or not torch.isfinite(norm):
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # DDP and FSDP average the gradients over ranks; make them the mean over the examples.
+        torch._foreach_mul_(grads, self.world / examples)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip if config.grad_clip > 0 else math.inf)
+        if hasattr(norm, "full_tensor"):  # FSDP: the same norm on every rank, as a DTensor
+            norm = norm.full_tensor()
+        if not torch.isfinite(norm):
             self.state["nonfinite_in_row"] += 1
             self.state["skipped_steps"] += 1
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
+            self.log_message(f"step {self.state['step'] + 1} skipped: non-finite loss or gradients "
+                             f"({self.state['nonfinite_in_row']} in a row, {self.state['skipped_steps']} in all)")
             if self.state["nonfinite_in_row"] >= config.nonfinite_limit:
-                raise TrainingError(f"{self.state['nonfinite_in_row']} non-finite losses or gradients in a row; "
-                                    "lower the learning rate or check the data")
-            return
+                raise TrainingError(f"{self.state['nonfinite_in_row']} steps in a row had non-finite losses or "
+                                    f"gradients (trainer.nonfinite_limit={config.nonfinite_limit}); lower the "
+                                    "learning rate, check the data, or use precision=fp32")
+            return False
         self.state["nonfinite_in_row"] = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state["step"] += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.state["step"])
+        return True
+
+    def train_epoch(self) -> bool:
+        """Train from the current data position to the end of the epoch (or ``max_steps``).
+        Returns True when stopped by a signal (a checkpoint must then be saved)."""
+        config = self.config.trainer
+        epoch = self.state["epoch"]
+        self.sampler.set_epoch(epoch, self.state["batch_in_epoch"])
+        self.data_generator.manual_seed(config.seed * 100003 + epoch)
+        self.model.train()
+        self.stop_everywhere = False
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}", disable=not self.is_main,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        window_examples = window_bad = 0
+        for batch in bar:
+            for error in batch["errors"]:
+                self.warn(f"skipped: {error}")
+            window_bad += len(batch["errors"])
+            window_examples += batch["size"]
+            self.state["batch_in_epoch"] += 1
+            position = self.state["batch_in_epoch"]
+            # Windows start at multiples of ``accumulate``, and the epoch's last one may be short:
+            # a checkpoint (always at a step boundary) then resumes on the same windows.
+            sync = position % config.accumulate == 0 or position == self.batches_per_epoch
+            self.forward_backward(batch, sync)
+            if not sync:
+                continue
+            self.optimizer_step(window_examples, window_bad)
+            window_examples = window_bad = 0
+            if self.state["step"] % config.log_every == 0:
+                self._log_training(bar)
+            if config.checkpoint_every and self.state["step"] % config.checkpoint_every == 0 \
+                    and not self.stop_everywhere:
+                self.save()
+            if self.stop_everywhere:
+                return True
+            if self.state["step"] >= self.total_steps:
+                break
+        return False
+
+    def _log_training(self, bar) -> None:
+        loss_sum, examples, correct, tokens = all_reduce_sum(self.running.tolist(), self.device)
+        self.running.zero_()
+        if not examples:
+            return
+        loss, accuracy, lr = loss_sum / examples, correct / max(tokens, 1), self.scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", lr=f"{lr:.2e}")
+        self.log_row({"split": "train", "epoch": self.state["epoch"] + 1, "step": self.state["step"],
+                      "loss": round(loss, 4), "accuracy": round(accuracy, 4), "lr": lr})
 
     # -- validation -------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> float | None:
+        """Loss, accuracy and the task's metric on ``data.valid``, each rank scoring its share and
+        the sums and hypotheses gathered; the weights scored are the EMA's when there is one."""
         if not self.valid_examples:
             return None
-        self.model.eval()
+        model = self.ema.model if self.ema is not None else self.model
+        model.eval()
         shard = self.valid_examples[self.rank::self.world]
         lengths = [self.task.length(e) for e in shard]
         sampler = BucketBatchSampler(lengths, self.config.data.batch_size, self.config.data.max_batch_examples,
-                                     shuffle=False)
+                                     shuffle=False, groups=[self.task.group(e) for e in shard])
         loader = DataLoader(ExampleDataset(self.task, shard, training=False), batch_sampler=sampler,
-                            collate_fn=self.task.collate, num_workers=self.config.data.num_workers)
+                            collate_fn=self.task.collate, num_workers=self.config.data.num_workers,
+                            generator=torch.Generator().manual_seed(0))
         metric_name = self.config.trainer.val_metric
         decode = metric_name not in ("loss", "accuracy")
-        sums = [0.0, 0.0, 0.0, 0.0]  # loss sum, examples, correct, tokens
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, examples, correct, tokens
         references, hypotheses = [], []
-        for batch in tqdm(loader, desc="valid", disable=not self.is_main, leave=False):
-            if not batch["size"]:
-                continue
-            batch = _to_device(batch, self.device)
-            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                out = self.model(batch)
-            sums = [a + float(b) for a, b in zip(sums, (out["loss_sum"], out["examples"], out["correct"], out["tokens"]))]
-            if decode:
-                hypotheses += self.model.decode_texts(batch, beam_size=self.config.trainer.val_beam_size)
-                references += batch["references"]
-        loss_sum, examples, correct, tokens = all_reduce_sum(sums, self.device)
+        with full_weights(model) if self.sharded else nullcontext():
+            for batch in tqdm(loader, desc="valid", disable=not self.is_main, leave=False):
+                if not batch["size"]:
+                    continue
+                batch = _to_device(batch, self.device)
+                with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                                    enabled=self.dtype is not None):
+                    out = model(batch)
+                sums += torch.stack([out["loss_sum"].double(), torch.tensor(float(out["examples"]),
+                                     dtype=torch.float64, device=self.device), out["correct"].double(),
+                                     out["tokens"].double()])
+                if decode:
+                    hypotheses += model.decode_texts(batch, beam_size=self.config.trainer.val_beam_size)
+                    references += batch["references"]
+        loss_sum, examples, correct, tokens = all_reduce_sum(sums.tolist(), self.device)
         loss, accuracy = loss_sum / max(examples, 1), correct / max(tokens, 1)
         metrics = {"loss": loss, "accuracy": accuracy}
         if decode:
@@ -405,35 +664,66 @@ class Trainer:
         name = self.config.trainer.val_metric
         return name == "accuracy" or (name not in ("loss",) and self.task.higher_is_better)
 
-    def save(self, metric: float | None = None) -> None:
-        """Checkpoint (rank 0 writes, all ranks wait). Keeps the latest and the best k."""
-        self.state["bad_examples"] = self.bad_examples
+    def _training_state(self) -> tuple[dict | None, dict]:
+        """The weights to write (``None``: the model's own) and the optimizer's state; with FSDP
+        both are gathered from every rank's shards (all ranks must call this)."""
+        if not self.sharded:
+            return None, self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(self.model, options=options),
+                get_optimizer_state_dict(self.model, self.optimizer, options=options))
+
+    def save(self, metric: float | None = None) -> bool:
+        """Checkpoint: every rank gives its state, rank 0 writes. Keeps the ``keep_last`` latest and
+        the ``keep_best`` best. Returns False, on every rank, when the write failed (disk full):
+        the previous checkpoints are then untouched."""
         rngs = [rng_state()]
         if dist.is_initialized():
             rngs = [None] * self.world
             dist.all_gather_object(rngs, rng_state())
+        weights, optimizer_state = self._training_state()
+        written = 1.0
         if self.is_main:
-            folder = self.out / CHECKPOINTS / f"step-{self.state['step']:08d}"
-            if metric is not None:
-                self.state["best"].append([metric, folder.name])
-                self.state["best"].sort(key=lambda item: -item[0] if self._higher_is_better() else item[0])
-                self.state["best"] = self.state["best"][: self.config.trainer.keep_best]
+            written = float(self._write_checkpoint(metric, weights, optimizer_state, rngs))
+        return all_reduce_sum([written], self.device)[0] == self.world
 
-            def write_state(tmp: Path) -> None:
-                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                            "scaler": self.scaler.state_dict(), "rng": rngs}, tmp / STATE_TENSORS)
-                (tmp / STATE_JSON).write_text(json.dumps(self.state, indent=1))
+    def _write_checkpoint(self, metric, weights, optimizer_state, rngs) -> bool:
+        trainer = self.config.trainer
+        folder = self.out / CHECKPOINTS / f"step-{self.state['step']:08d}"
+        best = list(self.state["best"])
+        if metric is not None:
+            best = [item for item in best if item[1] != folder.name] + [[metric, folder.name]]
+            best.sort(key=lambda item: -item[0] if self._higher_is_better() else item[0])
+            best = best[: trainer.keep_best]
+        state = {**self.state, "best": best}
 
-            self.model.save(folder, write_state)
-            keep = {folder.name} | {name for _, name in self.state["best"]}
-            for old in list_checkpoints(self.out):
-                if old.name not in keep:
-                    shutil.rmtree(old, ignore_errors=True)
-            if self.state["best"]:
-                _point(self.out / "best", Path(CHECKPOINTS) / self.state["best"][0][1])
-            _point(self.out / "last", Path(CHECKPOINTS) / folder.name)
+        def write_state(tmp: Path) -> None:
+            torch.save({"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict(), "rng": rngs}, tmp / STATE_TENSORS)
+            if self.ema is not None:
+                _write_weights(self.model.state_dict(), tmp / TRAINING_WEIGHTS)
+            (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))
+
+        exported = self.ema.model if self.ema is not None else self.model
+        try:
+            exported.save(folder, write_state, state_dict=weights)
+        except OSError as error:
+            self.log_message(f"could not write checkpoint {folder}: {error}; the previous checkpoints are intact")
+            return False
+        self.state["best"] = best
+        recent = {p.name for p in list_checkpoints(self.out)[-max(1, trainer.keep_last):]}
+        keep = recent | {folder.name} | {name for _, name in best}
+        for old in list_checkpoints(self.out):
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+        if best:
+            _point(self.out / "best", Path(CHECKPOINTS) / best[0][1])
+        _point(self.out / "last", Path(CHECKPOINTS) / folder.name)
+        if metric is not None or self.state["batch_in_epoch"] == 0:  # not at every mid-epoch checkpoint
             self.plot()
-        self._barrier()
+        return True
 
     def plot(self) -> None:
         """``curves.png``: training and validation loss, and the validation metric, by step."""
@@ -444,6 +734,19 @@ class Trainer:
             self.log_message(f"could not draw curves.png: {error}")
 
 
+def _read_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:
+        raise CheckpointError(f"{path}: corrupt weights ({error})") from None
+
+
+def _write_weights(weights: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+    save_file({k: v.detach().clone().contiguous().cpu() for k, v in weights.items()}, str(path))
+
+
 def _point(link: Path, target: Path) -> None:
     """Atomically make ``link`` a symlink to ``target``."""
     tmp = link.with_name(f".{link.name}.tmp")
@@ -451,14 +754,6 @@ def _point(link: Path, target: Path) -> None:
         tmp.unlink()
     tmp.symlink_to(target)
     os.replace(tmp, link)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        return False
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -473,4 +768,8 @@ def _yaml_dump(tree: dict) -> str:
 def train(config: Config) -> Path | None:
     """Train as ``config`` says; resumes when ``config.output_dir`` holds a checkpoint.
     Returns the best checkpoint folder (``output_dir/best``)."""
-    return Trainer(config).train()
+    try:
+        return Trainer(config).train()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

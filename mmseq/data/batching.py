@@ -39,8 +39,9 @@ def padding_fraction(lengths: list[float], batches: list[list[int]]) -> float:
 class BucketBatchSampler(Sampler):
     """Yields lists of indices: length-bucketed batches in a shuffled order, this rank's share.
 
-    Every rank gets the same number of batches (the last few batches of an epoch that do not
-    divide evenly are dealt round-robin and the remainder dropped), so no rank waits forever.
+    Batches are dealt round-robin; the last few of an epoch that do not divide evenly among the
+    ranks are each split among them (a piece may be empty). So every rank gets the same number of
+    batches, no rank waits forever, and every example is used once per epoch on exactly one rank.
     """
 
     def __init__(self, lengths: list[float], max_size: float, max_examples: int | None = None,
@@ -58,11 +59,15 @@ class BucketBatchSampler(Sampler):
         batches = list(self.batches)
         if self.shuffle:
             random.Random(self.seed * 100003 + self.epoch).shuffle(batches)
-        usable = len(batches) - len(batches) % self.world_size
-        return batches[self.rank:usable:self.world_size]
+        whole = len(batches) - len(batches) % self.world_size
+        # Pieces of a length-sorted batch, taken with a stride, keep similar lengths and stay
+        # within its budget.
+        rest = [batch[self.rank::self.world_size] for batch in batches[whole:]]
+        return batches[self.rank:whole:self.world_size] + rest
 
     def __iter__(self):
         return iter(self.epoch_batches()[self.start:])
 
     def __len__(self) -> int:
-        return max(0, len(self.batches) // self.world_size - self.start)
+        whole, rest = divmod(len(self.batches), self.world_size)
+        return max(0, whole + rest - self.start)
