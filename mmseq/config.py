@@ -134,7 +134,10 @@ def _build(cls, values: dict, where: str):
     if unknown:
         raise ConfigError(f"unknown setting {where + '.' if where else ''}{unknown[0]}; "
                           f"known: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved here: leave those values unchecked
+        hints = {}
     kwargs = {}
     for name, value in values.items():
         default = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
@@ -143,7 +146,7 @@ def _build(cls, values: dict, where: str):
         if dataclasses.is_dataclass(sample):
             kwargs[name] = _build(type(sample), value or {}, key)
         else:
-            value = _checked(value, hints[name], key)
+            value = _checked(value, hints[name], key) if name in hints else value
             kwargs[name] = {**sample, **value} if isinstance(sample, dict) else value
     return cls(**kwargs)
 
