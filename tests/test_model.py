@@ -206,3 +206,19 @@ def test_unknown_encoder_task_or_missing_section_is_a_config_error(tiny_model, t
             mmseq.load(folder)
     with pytest.raises(ConfigError, match="tokenizer"):
         build_model({k: v for k, v in original.items() if k != "tokenizer"})
+
+
+def test_loading_never_unpickles(tiny_model, tmp_path, monkeypatch):
+    import pickle
+
+    folder = tiny_model.save(tmp_path / "checkpoint")
+    torch.save({"evil": 1}, folder / "model.pt")  # a pickle beside the weights is ignored
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("mmseq.load unpickled something")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    loaded = mmseq.load(folder)
+    assert torch.equal(loaded.decoder.embed.weight, tiny_model.decoder.embed.weight)
