@@ -128,3 +128,30 @@ def test_output_embedding_is_tied(decoder):
     logits.sum().backward()
     assert decoder.embed.weight.grad is not None
     assert not any(p.shape == (VOCAB, 32) and p is not decoder.embed.weight for p in decoder.parameters())
+
+
+def test_shared_cross_attention_equals_repeated(decoder):
+    from mmseq.decoder import DecoderCache
+
+    if not hasattr(DecoderCache, "share"):
+        pytest.skip("DecoderCache.share not available")
+    memory, mask = memory_and_mask()
+    prefix = torch.randint(0, VOCAB, (3, 3))
+    repeated, shared = decoder.init_cache(memory, mask, 8), decoder.init_cache(memory, mask, 8)
+    decoder.step(prefix, repeated)
+    decoder.step(prefix, shared)
+    repeated, shared = repeated.repeat(2), shared.share(2)
+    following = torch.randint(0, VOCAB, (6, 2))
+    torch.testing.assert_close(decoder.step(following, shared), decoder.step(following, repeated),
+                               atol=1e-5, rtol=1e-5)
+    _, weights = decoder.step(following[:, :1], shared, return_attention=True)
+    _, expected = decoder.step(following[:, :1], repeated, return_attention=True)
+    torch.testing.assert_close(weights, expected, atol=1e-5, rtol=1e-5)
+    # Reordering within each input's group and dropping a whole group keep them equal.
+    index = torch.tensor([1, 0, 2, 2, 5, 4])
+    shared.reorder(index)
+    repeated.reorder(index)
+    keep = torch.tensor([0, 1, 4, 5])
+    shared, repeated = shared.select(keep), repeated.select(keep)
+    last = torch.randint(0, VOCAB, (4, 1))
+    torch.testing.assert_close(decoder.step(last, shared), decoder.step(last, repeated), atol=1e-5, rtol=1e-5)

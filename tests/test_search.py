@@ -36,7 +36,9 @@ def end_near(model, per_frame=0.5, slope=1.5, temperature=0.5, offset=2.0):
         out = step(tokens, cache, *args, **kwargs)
         logits = out[0] if isinstance(out, tuple) else out
         position = torch.arange(start, start + tokens.shape[1], device=logits.device).float()
-        target = cache.memory_mask.sum(1, keepdim=True).float() * per_frame + offset  # (rows, 1)
+        frames = cache.memory_mask.sum(1, keepdim=True).float()
+        frames = frames.repeat_interleave(logits.shape[0] // frames.shape[0], 0)  # rows may share a memory row
+        target = frames * per_frame + offset  # (rows, 1)
         logits[..., eos] += slope * (position[None] - target)
         return out
 
