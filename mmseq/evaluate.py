@@ -21,7 +21,8 @@ def evaluate(model, manifest, out_dir, batch_size: int = 16, prompt=None, num_wo
     task = model.task
     examples, errors = task.read(manifest, training=False, skip_errors=True)
     lengths = [task.length(e) for e in examples]
-    sampler = BucketBatchSampler(lengths, float("inf"), batch_size, shuffle=False)
+    sampler = BucketBatchSampler(lengths, float("inf"), batch_size, shuffle=False,
+                                 groups=[task.group(e) for e in examples])
     loader = DataLoader(ExampleDataset(task, examples, training=False), batch_sampler=sampler,
                         collate_fn=task.collate, num_workers=num_workers)
     skipped = [str(e) for e in errors]

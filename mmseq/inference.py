@@ -11,11 +11,12 @@ from .errors import InputError
 
 
 def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int = 256,
-                prompt=None, **options) -> Iterator[tuple[int, str | InputError]]:
+                prompt=None, task: str | None = None, **options) -> Iterator[tuple[int, str | InputError]]:
     """Yield ``(index, text)`` for each source, or ``(index, InputError)`` for one that cannot
     be read. At most ``chunk_size`` inputs are held in memory at once; within a chunk, inputs of
-    similar length share a batch."""
-    task = model.task
+    similar length share a batch. ``task`` names the task of a multitask model ("asr",
+    "caption", "text"); a single-task model needs none."""
+    task = model.task_for(task)
     chunk: list[tuple[int, torch.Tensor]] = []
 
     def flush():
@@ -23,7 +24,8 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
         for start in range(0, len(chunk), batch_size):
             part = chunk[start:start + batch_size]
             inputs, lengths = task.collate_inputs([x for _, x in part])
-            texts = model.decode_texts({"inputs": inputs, "lengths": lengths}, prompt=prompt, **options)
+            texts = model.decode_texts({"inputs": inputs, "lengths": lengths, "task": task.name}, prompt=prompt,
+                                       **options)
             yield from ((index, text) for (index, _), text in zip(part, texts))
         chunk.clear()
 

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,6 +31,9 @@ class ModelConfig:
     decoder: dict = field(default_factory=dict)  # DecoderConfig settings
     ctc_weight: float = 0.3  # share of the CTC loss in joint training (0: no CTC head)
     label_smoothing: float = 0.1
+    # Multitask (task: multitask): one entry per task, {"encoder": {...}, "ctc_weight": 0.0,
+    # "batch_size": budget in the task's own unit, "decoding": {...}}; the encoders share the decoder.
+    tasks: dict = field(default_factory=dict)
 
 
 class Seq2Seq(nn.Module):
@@ -39,24 +42,64 @@ class Seq2Seq(nn.Module):
     def __init__(self, config: ModelConfig, tokenizer: Tokenizer, task: str, decoding: dict | None = None):
         super().__init__()
         self.config, self.tokenizer, self.task_name = config, tokenizer, task
-        encoder_settings = dict(config.encoder)
-        name = encoder_settings.pop("name", None)
-        if name is None:
-            raise ConfigError("model.encoder needs a 'name' (see `mmseq encoders`)")
-        self.encoder = create_encoder(name, **encoder_settings)
+        self.decoding = DecodingOptions(**(decoding or {}))
+        if config.tasks or task == "multitask":
+            self._build_multitask()
+            return
+        self.encoder, settings = _build_encoder(config.encoder, "model.encoder")
+        self.config = replace(config, encoder=settings)
         decoder_config = DecoderConfig(**{**config.decoder, "vocab_size": tokenizer.vocab_size,
                                           "memory_dim": self.encoder.output_dim})
         self.decoder = TextDecoder(decoder_config)
         self.ctc_head = nn.Linear(self.encoder.output_dim, tokenizer.vocab_size) if config.ctc_weight > 0 else None
         self.task = create_task(task, self.encoder, tokenizer, decoder_config.max_length)
-        self.decoding = DecodingOptions(**(decoding or {}))
+
+    def _build_multitask(self) -> None:
+        """One encoder (and CTC head, where its ``ctc_weight`` > 0) per entry of ``model.tasks``,
+        one decoder for all; ``self.task`` is a :class:`mmseq.tasks.multitask.MultiTask`."""
+        config, tokenizer = self.config, self.tokenizer
+        if self.task_name != "multitask" or not config.tasks:
+            raise ConfigError("model.tasks (one entry per task) goes with task: multitask, and task: multitask needs it")
+        self.encoders, entries = nn.ModuleDict(), {}
+        for name, entry in config.tasks.items():
+            unknown = sorted(set(entry) - {"encoder", "ctc_weight", "batch_size", "decoding"})
+            if unknown:
+                raise ConfigError(f"model.tasks.{name}: unknown setting {unknown[0]!r}; "
+                                  "known: batch_size, ctc_weight, decoding, encoder")
+            self.encoders[name], settings = _build_encoder(entry.get("encoder") or {}, f"model.tasks.{name}.encoder")
+            entries[name] = {**entry, "encoder": settings}
+        self.config = replace(config, tasks=entries)
+        widths = {name: encoder.output_dim for name, encoder in self.encoders.items()}
+        if len(set(widths.values())) > 1:
+            raise ConfigError(f"model.tasks: the encoders share one decoder and must have one width; got {widths}")
+        width = next(iter(widths.values()))
+        decoder_config = DecoderConfig(**{**config.decoder, "vocab_size": tokenizer.vocab_size, "memory_dim": width})
+        self.decoder = TextDecoder(decoder_config)
+        self.ctc_heads = nn.ModuleDict({name: nn.Linear(width, tokenizer.vocab_size)
+                                        for name, entry in entries.items() if entry.get("ctc_weight", 0) > 0})
+        tasks = {name: create_task(name, self.encoders[name], tokenizer, decoder_config.max_length) for name in entries}
+        self.task = TASKS.create("multitask", tasks=tasks,
+                                 batch_sizes={name: entry.get("batch_size") for name, entry in entries.items()})
+
+    def parts(self, task: str | None = None) -> tuple[nn.Module, nn.Module | None, float]:
+        """``(encoder, ctc_head or None, ctc_weight)`` serving ``task``: a multitask model's
+        batches name their task; a single-task model has one of each and ignores the name."""
+        if not self.config.tasks:
+            return self.encoder, self.ctc_head, self.config.ctc_weight
+        self.task.subtask(task)  # an InputError naming the tasks when it is not one
+        head = self.ctc_heads[task] if task in self.ctc_heads else None
+        return self.encoders[task], head, float(self.config.tasks[task].get("ctc_weight", 0.0))
+
+    def task_for(self, name: str | None = None):
+        """The :class:`Task` that serves ``name``: a multitask model's sub-task, else the model's task."""
+        return self.task.subtask(name) if self.config.tasks else self.task
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor | None):
-        return self.encoder(inputs, lengths)
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor | None, task: str | None = None):
+        return self.parts(task)[0](inputs, lengths)
 
     def forward(self, batch: dict) -> dict:
         """Joint CTC/attention loss of a batch from the task's ``collate``.
@@ -66,7 +109,8 @@ class Seq2Seq(nn.Module):
         same update as one large batch), ``loss`` (per example), ``attention_loss``, ``ctc_loss``
         (per example), ``examples``, ``correct`` and ``tokens`` (for accuracy).
         """
-        memory, memory_mask = self.encode(batch["inputs"], batch.get("lengths"))
+        _, ctc_head, ctc_weight = self.parts(batch.get("task"))
+        memory, memory_mask = self.encode(batch["inputs"], batch.get("lengths"), batch.get("task"))
         tokens = batch["tokens"]
         examples = tokens.shape[0]
         logits = self.decoder(tokens[:, :-1], memory, memory_mask)
@@ -80,23 +124,23 @@ class Seq2Seq(nn.Module):
         out = {"attention_loss": attention_sum / examples, "examples": examples, "tokens": counted.sum(),
                "correct": ((logits.argmax(-1) == targets) & counted).sum()}
         loss_sum = attention_sum
-        if self.ctc_head is not None:
-            ctc_sum = self.ctc_loss(memory, memory_mask, tokens, batch["prefix_lengths"])
+        if ctc_head is not None:
+            ctc_sum = self.ctc_loss(memory, memory_mask, tokens, batch["prefix_lengths"], ctc_head)
             out["ctc_loss"] = ctc_sum / examples
-            loss_sum = self.config.ctc_weight * ctc_sum + (1 - self.config.ctc_weight) * attention_sum
+            loss_sum = ctc_weight * ctc_sum + (1 - ctc_weight) * attention_sum
         out["loss_sum"], out["loss"] = loss_sum, loss_sum / examples
         return out
 
-    def ctc_log_probs(self, memory: torch.Tensor) -> torch.Tensor:
-        return self.ctc_head(memory).float().log_softmax(-1)
+    def ctc_log_probs(self, memory: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        return (head if head is not None else self.ctc_head)(memory).float().log_softmax(-1)
 
-    def ctc_loss(self, memory, memory_mask, tokens, prefix_lengths) -> torch.Tensor:
+    def ctc_loss(self, memory, memory_mask, tokens, prefix_lengths, head: nn.Module | None = None) -> torch.Tensor:
         """CTC loss summed over the batch, on the text tokens (prompt, ``<s>``, ``</s>`` excluded);
         the blank is ``<pad>``."""
         position = torch.arange(tokens.shape[1], device=tokens.device)[None]
         is_text = (position >= prefix_lengths[:, None]) & (tokens != self.tokenizer.pad_id) \
             & (tokens != self.tokenizer.eos_id)
-        log_probs = self.ctc_log_probs(memory).transpose(0, 1)
+        log_probs = self.ctc_log_probs(memory, head).transpose(0, 1)
         return F.ctc_loss(log_probs, tokens[is_text], memory_mask.sum(1), is_text.sum(1),
                           blank=self.tokenizer.pad_id, reduction="sum", zero_infinity=True)
 
@@ -109,16 +153,19 @@ class Seq2Seq(nn.Module):
         task token (a string such as ``"<|short|> a photo of"``, or ids). ``options`` override the
         checkpoint's :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ...).
         """
-        options = DecodingOptions(**{**asdict(self.decoding), **options})
-        prompt_ids = self.task.prompt() + (self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str)
-                                           else list(prompt or []))
+        name = batch.get("task")
+        task_options = self.config.tasks[name].get("decoding", {}) if self.config.tasks and name in self.config.tasks else {}
+        options = DecodingOptions(**{**asdict(self.decoding), **task_options, **options})
+        prompt_ids = self.task_for(name).prompt() + (self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str)
+                                                     else list(prompt or []))
+        _, ctc_head, _ = self.parts(name)
         inputs = batch["inputs"].to(self.device)
         lengths = batch.get("lengths")
-        memory, memory_mask = self.encode(inputs, lengths.to(self.device) if lengths is not None else None)
-        use_ctc = options.ctc_weight > 0 and self.ctc_head is not None
+        memory, memory_mask = self.encode(inputs, lengths.to(self.device) if lengths is not None else None, name)
+        use_ctc = options.ctc_weight > 0 and ctc_head is not None
         if options.beam_size == 1 and not use_ctc:
             return [[hyp] for hyp in greedy_search(self, memory, memory_mask, prompt_ids, options)]
-        ctc = self.ctc_log_probs(memory) if use_ctc else None
+        ctc = self.ctc_log_probs(memory, ctc_head) if use_ctc else None
         return beam_search(self, memory, memory_mask, prompt_ids, options, ctc)
 
     def decode_texts(self, batch: dict, **options) -> list[str]:
@@ -131,11 +178,15 @@ class Seq2Seq(nn.Module):
 
     def transcribe(self, audio, batch_size: int = 16, **options) -> list[str]:
         """Transcripts of audio files, waveforms (at the encoder's sample rate) or both."""
-        return self._run(audio, batch_size, **options)
+        return self._run(audio, batch_size, task="asr", **options)
 
     def caption(self, images, batch_size: int = 16, **options) -> list[str]:
         """Captions of image files, PIL images or both."""
-        return self._run(images, batch_size, **options)
+        return self._run(images, batch_size, task="caption", **options)
+
+    def translate(self, texts, batch_size: int = 16, **options) -> list[str]:
+        """Target texts of source texts (text-to-text models)."""
+        return self._run(texts, batch_size, task="text", **options)
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_config(self) -> dict:
@@ -175,6 +226,20 @@ class Seq2Seq(nn.Module):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return folder
+
+
+def _build_encoder(settings: dict, where: str):
+    """A registered encoder from ``{"name": ..., **settings}``, and the settings its checkpoint keeps:
+    an encoder that settles some settings while it is built (a text encoder's source vocabulary
+    learned from the training manifest) reports them through ``checkpoint_settings()``."""
+    settings = dict(settings)
+    name = settings.pop("name", None)
+    if name is None:
+        raise ConfigError(f"{where} needs a 'name' (see `mmseq encoders`)")
+    encoder = create_encoder(name, **settings)
+    if hasattr(encoder, "checkpoint_settings"):
+        settings = encoder.checkpoint_settings()
+    return encoder, {"name": name, **settings}
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -219,9 +284,11 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE}: corrupt config ({error})") from None
     # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.
-    encoder = config.get("model", {}).get("encoder", {})
-    if isinstance(encoder, dict):
-        encoder.update({k: v for k, v in (("pretrained", False), ("pretrained_file", None)) if k in encoder})
+    model_config = config.get("model", {})
+    tasks = model_config.get("tasks") if isinstance(model_config.get("tasks"), dict) else {}
+    for encoder in [model_config.get("encoder", {})] + [t.get("encoder") for t in tasks.values() if isinstance(t, dict)]:
+        if isinstance(encoder, dict):
+            encoder.update({k: v for k, v in (("pretrained", False), ("pretrained_file", None)) if k in encoder})
     model = build_model(config, folder)
     try:
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"), strict=True)

@@ -12,15 +12,19 @@ import random
 from torch.utils.data import Sampler
 
 
-def bucket_batches(lengths: list[float], max_size: float, max_examples: int | None = None) -> list[list[int]]:
+def bucket_batches(lengths: list[float], max_size: float, max_examples: int | None = None,
+                   groups: list | None = None) -> list[list[int]]:
     """Group example indices, sorted by length, into batches whose padded size
-    (longest length times count) stays within ``max_size``; a longer example gets its own batch."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    (longest length times count) stays within ``max_size``; a longer example gets its own batch.
+    ``groups``: one label per example (a multitask model's task); a batch never mixes labels."""
+    groups = groups if groups is not None else [0] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: (groups[i], lengths[i]))
     batches, current, longest = [], [], 0.0
     for i in order:
         longest_if_added = max(longest, lengths[i])
         too_big = current and longest_if_added * (len(current) + 1) > max_size
-        if too_big or (max_examples and len(current) >= max_examples):
+        other_group = current and groups[i] != groups[current[0]]
+        if too_big or other_group or (max_examples and len(current) >= max_examples):
             batches.append(current)
             current, longest_if_added = [], lengths[i]
         current.append(i)
@@ -45,10 +49,11 @@ class BucketBatchSampler(Sampler):
     """
 
     def __init__(self, lengths: list[float], max_size: float, max_examples: int | None = None,
-                 shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 groups: list | None = None):
         self.lengths, self.shuffle, self.seed = lengths, shuffle, seed
         self.rank, self.world_size = rank, world_size
-        self.batches = bucket_batches(lengths, max_size, max_examples)
+        self.batches = bucket_batches(lengths, max_size, max_examples, groups)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

@@ -3,5 +3,6 @@
 from .base import ENCODERS, Encoder, create_encoder, lengths_to_mask, list_encoders, register_encoder
 from . import speech  # noqa: F401  (registers the speech encoders)
 from . import image  # noqa: F401  (registers the image encoders)
+from . import text  # noqa: F401  (registers the text encoder)
 
 __all__ = ["ENCODERS", "Encoder", "create_encoder", "lengths_to_mask", "list_encoders", "register_encoder"]

@@ -39,6 +39,18 @@ class Encoder(nn.Module):
     Optional attributes used by plots and long-audio decoding:
         ``frame_rate``: memory frames per second of audio (speech).
         ``grid_shape``: ``(rows, cols)`` of the last batch's memory grid (images), row-major.
+
+    What the tasks ask of an encoder of their modality:
+        ``sample_rate`` (speech): the rate the ASR task resamples audio to.
+        ``transform(train)`` (images): the PIL image to ``(3, H, W)`` tensor callable of the caption task.
+        ``tokenize(text)`` (text): source text to ids ``(length,)``; the source tokenizer is the encoder's.
+
+    Optional ``checkpoint_settings() -> dict``: the settings that rebuild the encoder from the
+    checkpoint alone, when they differ from those given (a text encoder given
+    ``tokenizer: {type: char, train_from: train.jsonl}`` reports the characters it learned).
+
+    Register a subclass with ``@register_encoder("name")``, inside mmseq or in another package
+    named in the ``mmseq.encoders`` entry point group; ``docs/extending.md`` walks through both.
     """
 
     modality: str = "generic"

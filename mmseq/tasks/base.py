@@ -46,6 +46,14 @@ class Task:
         """Ids the decoder is forced through after ``<s>``: the task token."""
         return [self.tokenizer.token_id(f"<|{self.name}|>")]
 
+    def group(self, example: dict) -> str:
+        """Examples of different groups never share a batch (a multitask model's tasks)."""
+        return self.name
+
+    def for_example(self, example: dict) -> "Task":
+        """The task that loads ``example``: itself (a multitask model's sub-task)."""
+        return self
+
     # -- inputs -----------------------------------------------------------------------------
     def load_input(self, source, training: bool = False) -> torch.Tensor:
         raise NotImplementedError
@@ -92,9 +100,9 @@ class ExampleDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         try:
-            source = example[self.task.input_field]
-            item = {"input": self.task.load_input(source, self.training)}
-            item["tokens"] = self.task.target_tokens(example["text"])
+            task = self.task.for_example(example)  # a multitask model's examples each name their task
+            item = {"input": task.load_input(example[task.input_field], self.training), "task": task.name}
+            item["tokens"] = task.target_tokens(example["text"])
         except (InputError, ManifestError) as error:
             return {"error": f"{example['_where']}: {error}"}
         if len(item["tokens"]) > self.task.max_tokens:
