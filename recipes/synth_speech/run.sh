@@ -16,7 +16,7 @@ echo "== 1/4 corpus (espeak-ng) -> $DATA"
 
 echo "== 2/4 training -> $EXP"
 start=$(date +%s)
-"$MMSEQ" train recipes/synth_speech/config.yaml output_dir="$EXP" "$@"
+OMP_NUM_THREADS=1 "$MMSEQ" train --nproc 2 recipes/synth_speech/config.yaml output_dir="$EXP" "$@"
 echo "training took $(( $(date +%s) - start )) s"
 
 echo "== 3/4 test split"
