@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from . import __version__
 from .decoder import DecoderConfig, TextDecoder
 from .encoders import ENCODERS, create_encoder
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, TokenizerError
 from .search import DecodingOptions, Hypothesis, beam_search, greedy_search
 from .tasks import TASKS, create_task
 from .tokenizer import Tokenizer, build_tokenizer
@@ -215,7 +215,9 @@ class Seq2Seq(nn.Module):
             if write_extra is not None:
                 write_extra(tmp)
             _fsync_folder(tmp)
-            if folder.exists():
+            if folder.exists() and _exchange(tmp, folder):
+                shutil.rmtree(tmp, ignore_errors=True)  # it now holds the previous checkpoint
+            elif folder.exists():
                 old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
                 os.rename(folder, old)
                 os.rename(tmp, folder)
@@ -226,6 +228,26 @@ class Seq2Seq(nn.Module):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return folder
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+    """An error's message on one line (torch's span many), cut to ``limit`` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _exchange(new: Path, old: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``), so that a
+    process killed at any moment leaves a whole checkpoint at ``old``; False where the system or
+    file system cannot (the caller then renames twice)."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_current_folder, rename_exchange = -100, 2
+    return renameat2(at_current_folder, os.fsencode(new), at_current_folder, os.fsencode(old), rename_exchange) == 0
 
 
 def _build_encoder(settings: dict, where: str):
@@ -281,18 +303,29 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}{hint}")
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"{folder / CONFIG_FILE}: corrupt config ({error})") from None
-    # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.
-    model_config = config.get("model", {})
-    tasks = model_config.get("tasks") if isinstance(model_config.get("tasks"), dict) else {}
-    for encoder in [model_config.get("encoder", {})] + [t.get("encoder") for t in tasks.values() if isinstance(t, dict)]:
-        if isinstance(encoder, dict):
-            encoder.update({k: v for k, v in (("pretrained", False), ("pretrained_file", None)) if k in encoder})
-    model = build_model(config, folder)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{folder / CONFIG_FILE}: corrupt config (a JSON {type(config).__name__}, not an object)")
+    try:
+        # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.
+        model_config = config.get("model", {})
+        tasks = model_config.get("tasks") if isinstance(model_config.get("tasks"), dict) else {}
+        for encoder in [model_config.get("encoder", {})] + [t.get("encoder") for t in tasks.values() if isinstance(t, dict)]:
+            if isinstance(encoder, dict):
+                encoder.update({k: v for k, v in (("pretrained", False), ("pretrained_file", None)) if k in encoder})
+        model = build_model(config, folder)
+    except TokenizerError as error:
+        raise CheckpointError(f"{folder}: unusable tokenizer ({error})") from None
+    except ConfigError as error:
+        raise ConfigError(f"{folder / CONFIG_FILE}: {error}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
+        # A setting this version does not know, or a value of the wrong type.
+        raise ConfigError(f"{folder / CONFIG_FILE}: describes no model mmseq can build "
+                          f"({type(error).__name__}: {_one_line(error)})") from None
     try:
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"), strict=True)
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        raise CheckpointError(f"{folder / WEIGHTS_FILE}: corrupt or incompatible weights ({error})") from None
+        raise CheckpointError(f"{folder / WEIGHTS_FILE}: corrupt or incompatible weights ({_one_line(error)})") from None
     model.eval()
     return model.to(device) if device is not None else model

@@ -51,6 +51,10 @@ class Tokenizer:
         """Text to ordinary token ids (no ``<s>``/``</s>``); unknown symbols become ``<unk>``."""
         if not isinstance(text, str):
             raise TokenizerError(f"expected text, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): sentencepiece would fail deep inside
+            raise TokenizerError(f"text holds a lone surrogate (invalid Unicode): {text[:40]!r}") from None
         return self._encode(unicodedata.normalize("NFC", text))
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -193,7 +197,11 @@ def build_tokenizer(config: dict, folder: str | Path | None = None) -> Tokenizer
     config = dict(config)
     kind = config.pop("type")
     if kind == "sentencepiece":
-        config["model_file"] = Path(folder or ".") / config.get("model_file", SentencePieceTokenizer.file_name)
+        name = config.get("model_file", SentencePieceTokenizer.file_name)
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            # A checkpoint's tokenizer lives in its own folder: never read /dev/zero or ../../x for it.
+            raise TokenizerError(f"tokenizer model_file must be a file name inside the checkpoint folder, got {name!r}")
+        config["model_file"] = Path(folder or ".") / name
     return TOKENIZERS.create(kind, **config)
 
 

@@ -21,11 +21,15 @@ def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: 
         example = json.loads(line)
     except json.JSONDecodeError as error:
         raise ManifestError(path, number, f"not valid JSON ({error.msg})") from None
+    except (ValueError, RecursionError) as error:  # an integer of 4300+ digits, nesting too deep
+        raise ManifestError(path, number, f"not usable JSON ({type(error).__name__}: {str(error)[:80]})") from None
     if not isinstance(example, dict):
         raise ManifestError(path, number, f"expected a JSON object, got {type(example).__name__}")
     for name in required:
         if name not in example:
             raise ManifestError(path, number, f"missing field {name!r}")
+    if type(example.get("id")) is int:  # COCO's image ids are numbers; ids are compared as strings
+        example["id"] = str(example["id"])
     for name, kind in FIELD_TYPES.items():
         if name not in example:
             continue
@@ -36,6 +40,10 @@ def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: 
             example[name] = value if os.path.isabs(value) else str(folder / value)
         elif isinstance(value, bool) or not isinstance(value, kind):
             raise ManifestError(path, number, f"field {name!r} has the wrong type ({type(value).__name__})")
+        if name == "duration" and not 0 <= value < float("inf"):  # JSON allows NaN, Infinity, -1
+            raise ManifestError(path, number, f"field 'duration' must be a finite number >= 0, got {value}")
+        if not _encodable(value):  # "\ud800" is valid JSON, but no tokenizer or file system takes it
+            raise ManifestError(path, number, f"field {name!r} holds a lone surrogate (invalid Unicode)")
     if "captions" in example:
         captions = example["captions"]
         if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
@@ -45,6 +53,17 @@ def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: 
     example.setdefault("id", f"{Path(path).stem}-{number}")
     example["_where"] = f"{path}:{number}"
     return example
+
+
+def _encodable(value) -> bool:
+    """Whether every string in ``value`` (a string or a list of them) is valid UTF-8."""
+    try:
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_manifest(path, required: tuple[str, ...] = (), skip_errors: bool = False):
@@ -57,7 +76,8 @@ def read_manifest(path, required: tuple[str, ...] = (), skip_errors: bool = Fals
     if not path.is_file():
         raise ManifestError(path, None, "manifest not found" if not path.exists() else "not a file")
     examples, errors = [], []
-    with open(path, encoding="utf-8", errors="replace") as file:
+    # utf-8-sig: a byte-order mark (as Windows editors write) is not part of the first line.
+    with open(path, encoding="utf-8-sig", errors="replace") as file:
         for number, line in enumerate(file, 1):
             if not line.strip():
                 continue

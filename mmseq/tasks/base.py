@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import InputError, ManifestError
+from ..errors import InputError, ManifestError, TokenizerError
 from ..data.manifest import read_manifest
 from ..registry import Registry
 
@@ -103,11 +103,15 @@ class ExampleDataset(Dataset):
             task = self.task.for_example(example)  # a multitask model's examples each name their task
             item = {"input": task.load_input(example[task.input_field], self.training), "task": task.name}
             item["tokens"] = task.target_tokens(example["text"])
-        except (InputError, ManifestError) as error:
+        except (InputError, ManifestError, TokenizerError) as error:
             return {"error": f"{example['_where']}: {error}"}
         if len(item["tokens"]) > self.task.max_tokens:
-            return {"error": f"{example['_where']}: text of {len(item['tokens'])} tokens is longer than "
-                             f"the decoder's limit {self.task.max_tokens}"}
+            if self.training:
+                return {"error": f"{example['_where']}: text of {len(item['tokens'])} tokens is longer than "
+                                 f"the decoder's limit {self.task.max_tokens}"}
+            # Evaluation scores the decoded text against the whole reference; only the targets of
+            # the validation loss are cut to what the decoder can hold.
+            item["tokens"] = item["tokens"][: self.task.max_tokens]
         item.update(id=example["id"], references=example["references"])
         return item
 
