@@ -8,10 +8,12 @@ Run ``pytest tests/test_fuzz.py --hypothesis-show-statistics`` to see how many e
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -42,6 +44,7 @@ def fuzz(examples: int):
 
 
 FOLDER = Path(tempfile.mkdtemp(prefix="mmseq-fuzz-"))  # where the file-reading fuzzers write
+atexit.register(shutil.rmtree, FOLDER, True)
 MANIFEST = FOLDER / "fuzz.jsonl"
 
 # Any JSON value; and manifest-like objects whose keys are mostly the fields mmseq reads.
