@@ -16,12 +16,20 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="inputs decoded together (default 16)")
     parser.add_argument("--ctc-weight", type=float, help="joint CTC/attention weight (speech)")
     parser.add_argument("--length-penalty", type=float, help="score / length ** penalty")
+    parser.add_argument("--length-bonus", type=float, help="added to the log-probability per output token")
+    parser.add_argument("--lm", metavar="CHECKPOINT", help="language model (task 'lm') for shallow fusion")
+    parser.add_argument("--lm-weight", type=float, help="weight of the language model (default 0.3 with --lm)")
     parser.add_argument("--prompt", help="prompt tokens and/or text prefix, e.g. '<|short|> a photo of'")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
 
 
 def _options(args) -> dict:
-    names = {"beam_size": args.beam_size, "ctc_weight": args.ctc_weight, "length_penalty": args.length_penalty}
+    names = {"beam_size": args.beam_size, "ctc_weight": args.ctc_weight, "length_penalty": args.length_penalty,
+             "length_bonus": args.length_bonus, "lm_weight": args.lm_weight}
+    if args.lm:
+        names.update(lm=args.lm, lm_weight=0.3 if args.lm_weight is None else args.lm_weight)
+    if getattr(args, "window", None) is not None:
+        names.update(window=args.window, split=args.split)
     return {k: v for k, v in names.items() if v is not None}
 
 
@@ -138,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("inputs", nargs="+", metavar=noun.upper())
         p.add_argument("--attention", metavar="PNG", help="draw the decoder's cross-attention for the first input")
         p.add_argument("--ordered", action="store_true", help="print results in input order at the end")
+        if name == "transcribe":
+            p.add_argument("--window", type=float, default=30.0,
+                           help="longer audio is split into windows of at most this many seconds (default 30)")
+            p.add_argument("--split", choices=["energy", "ctc"], default="energy",
+                           help="where long audio is split: pauses by energy or by CTC blanks (default energy)")
         _decoding_arguments(p)
         p.set_defaults(run=_decode_files)
 

@@ -9,7 +9,7 @@ index operation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -33,29 +33,52 @@ class DecoderCache:
     """Keys and values for incremental decoding of ``rows`` sequences.
 
     ``self_kv``: ``(layers, 2, rows, heads, max_length, head_dim)``, filled up to ``length``.
-    ``cross_kv``: per layer ``(2, rows, heads, frames, head_dim)``, computed once from the memory.
+    ``cross_kv``: per layer ``(2, rows / group, heads, frames, head_dim)``, computed once from the
+    memory; each ``group`` of consecutive rows (a beam) shares one (see :meth:`share`).
     """
 
     self_kv: torch.Tensor
     cross_kv: list[torch.Tensor]
-    memory_mask: torch.Tensor  # (rows, frames), True on real frames
+    memory_mask: torch.Tensor  # (rows / group, frames), True on real frames
     length: int = 0
+    group: int = 1  # consecutive rows that attend to one memory row
+    spare: torch.Tensor | None = field(default=None, repr=False)  # reorder's target, swapped with self_kv
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Make row ``i`` continue the hypothesis of row ``index[i]`` (same input): one index op."""
-        filled = self.self_kv[:, :, :, :, : self.length]
-        filled.copy_(filled.index_select(2, index))
+        """Make row ``i`` continue the hypothesis of row ``index[i]`` (same input): one index op,
+        written into a spare buffer that then becomes the cache (half the memory traffic of a
+        gather and a copy back)."""
+        filled = slice(0, self.length)
+        if self.self_kv.requires_grad and torch.is_grad_enabled():  # autograd: gather, then copy back
+            part = self.self_kv[:, :, :, :, filled]
+            part.copy_(part.index_select(2, index))
+            return
+        if self.spare is None or self.spare.shape != self.self_kv.shape:
+            self.spare = torch.empty_like(self.self_kv)
+        torch.index_select(self.self_kv[:, :, :, :, filled], 2, index, out=self.spare[:, :, :, :, filled])
+        self.self_kv, self.spare = self.spare, self.self_kv
 
     def select(self, index: torch.Tensor) -> "DecoderCache":
-        """Keep only some rows (and their inputs' cross-attention), e.g. when inputs finish."""
-        return DecoderCache(self.self_kv.index_select(2, index), [kv.index_select(1, index) for kv in self.cross_kv],
-                            self.memory_mask.index_select(0, index), self.length)
+        """Keep only some rows (and their inputs' cross-attention), e.g. when inputs finish. With
+        ``group > 1``, ``index`` lists whole groups, each in order."""
+        memory_index = index[:: self.group] // self.group
+        return DecoderCache(self.self_kv.index_select(2, index),
+                            [kv.index_select(1, memory_index) for kv in self.cross_kv],
+                            self.memory_mask.index_select(0, memory_index), self.length, self.group)
 
     def repeat(self, times: int) -> "DecoderCache":
         """Each row ``times`` times in a row (for a beam over each input)."""
+        if self.group > 1:  # rows already share their memory: keep sharing it
+            return self.share(times)
         return DecoderCache(self.self_kv.repeat_interleave(times, 2),
                             [kv.repeat_interleave(times, 1) for kv in self.cross_kv],
-                            self.memory_mask.repeat_interleave(times, 0), self.length)
+                            self.memory_mask.repeat_interleave(times, 0), self.length, self.group)
+
+    def share(self, times: int) -> "DecoderCache":
+        """Like :meth:`repeat`, but the ``times`` rows of each input share its cross-attention keys
+        and values instead of copies: a beam reads them once per step, not once per hypothesis."""
+        return DecoderCache(self.self_kv.repeat_interleave(times, 2), self.cross_kv, self.memory_mask, self.length,
+                            self.group * times)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -81,7 +104,7 @@ class DecoderLayer(nn.Module):
         kv = self.cross_kv(memory).view(memory.shape[0], memory.shape[1], 2, self.heads, -1)
         return kv.permute(2, 0, 3, 1, 4)
 
-    def forward(self, x, cross_kv, memory_mask, self_kv=None, start=0, return_attention=False):
+    def forward(self, x, cross_kv, memory_mask, self_kv=None, start=0, return_attention=False, group=1):
         batch, length, dim = x.shape
         drop = self.dropout.p if self.training else 0.0
         q, k, v = self.self_qkv(self.self_norm(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
@@ -98,12 +121,17 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.self_out(attended.transpose(1, 2).reshape(batch, length, dim)))
 
         q = _split_heads(self.cross_q(self.cross_norm(x)), self.heads)
+        if group > 1:  # the rows of a group share one memory: their queries attend to it together
+            q = q.view(batch // group, group, self.heads, length, -1).transpose(1, 2).flatten(2, 3)
         mask = memory_mask[:, None, None, :]
         attended = F.scaled_dot_product_attention(q, cross_kv[0], cross_kv[1], attn_mask=mask, dropout_p=drop)
         weights = None
         if return_attention:  # only for plots: SDPA does not return its weights
             scores = (q @ cross_kv[0].transpose(-1, -2)) / q.shape[-1] ** 0.5
             weights = scores.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)
+            weights = weights.view(batch // group, group, length, -1).flatten(0, 1)
+        if group > 1:
+            attended = attended.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
         x = x + self.dropout(self.cross_out(attended.transpose(1, 2).reshape(batch, length, dim)))
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         return x, weights
@@ -163,7 +191,7 @@ class TextDecoder(nn.Module):
         weights = None
         for i, layer in enumerate(self.layers):
             x, weights = layer(x, cache.cross_kv[i], cache.memory_mask, cache.self_kv[i], cache.length,
-                               return_attention)
+                               return_attention, cache.group)
         cache.length += tokens.shape[1]
         logits = self._logits(x)
         return (logits, weights) if return_attention else logits

@@ -1,5 +1,7 @@
 """Batched inference over many files: loaded in chunks (bounded memory), batched by length,
-results returned in input order; an unreadable file is reported without losing the others."""
+results returned in input order; an unreadable file is reported without losing the others.
+Recordings longer than a window are split at pauses and their windows decoded in the same batches
+(see :mod:`mmseq.longform`)."""
 
 from __future__ import annotations
 
@@ -8,34 +10,83 @@ from typing import Iterable, Iterator
 import torch
 
 from .errors import InputError
+from .longform import LongformOptions, Window, continuation_prompt, join_texts, split_audio
 
 
-def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int = 256,
-                prompt=None, task: str | None = None, **options) -> Iterator[tuple[int, str | InputError]]:
-    """Yield ``(index, text)`` for each source, or ``(index, InputError)`` for one that cannot
-    be read. At most ``chunk_size`` inputs are held in memory at once; within a chunk, inputs of
-    similar length share a batch. ``task`` names the task of a multitask model ("asr",
-    "caption", "text"); a single-task model needs none."""
+def _length(x: torch.Tensor) -> int:
+    return x.shape[-1] if x.dim() == 1 else 0
+
+
+def decode_batched(model, inputs: list[torch.Tensor], prompts: list, batch_size: int = 16, task=None,
+                   **options) -> list[str]:
+    """Texts of loaded inputs, in their order. Inputs with the same prompt and similar lengths
+    share a batch (``batch_size`` inputs at most); ``options`` go to ``model.decode_texts``.
+    ``task``: the :class:`Task` the inputs belong to (default: the model's)."""
+    task = task or model.task
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(repr(prompt), []).append(i)
+    texts = [""] * len(inputs)
+    for members in groups.values():
+        members.sort(key=lambda i: _length(inputs[i]))
+        for start in range(0, len(members), batch_size):
+            part = members[start:start + batch_size]
+            batch_inputs, lengths = task.collate_inputs([inputs[i] for i in part])
+            decoded = model.decode_texts({"inputs": batch_inputs, "lengths": lengths, "task": task.name},
+                                         prompt=prompts[part[0]], **options)
+            for i, text in zip(part, decoded):
+                texts[i] = text
+    return texts
+
+
+def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int = 256, prompt=None,
+                window: float = 30.0, split: str = "energy", task: str | None = None,
+                **options) -> Iterator[tuple[int, str | InputError]]:
+    """Yield ``(index, text)`` for each source, or ``(index, InputError)`` for one that cannot be
+    read. At most about ``chunk_size`` inputs (or windows) are held in memory at once; within a
+    chunk, inputs of similar length share a batch, and the results of a chunk come in input order.
+
+    Audio longer than ``window`` seconds is split at pauses found by ``split`` ("energy" or "ctc");
+    its windows are decoded with the others and their texts joined. ``task`` names the task of a
+    multitask model ("asr", "caption", "text"); a single-task model needs none.
+    """
     task = model.task_for(task)
-    chunk: list[tuple[int, torch.Tensor]] = []
+    longform = LongformOptions(window=window, split=split)
+    sample_rate = getattr(task.encoder, "sample_rate", None)
+    later_prompt = continuation_prompt(model.tokenizer, prompt)
+    pending: list[tuple[int, torch.Tensor, list[Window]]] = []
+    held = 0
 
     def flush():
-        chunk.sort(key=lambda pair: pair[1].shape[-1] if pair[1].dim() == 1 else 0)
-        for start in range(0, len(chunk), batch_size):
-            part = chunk[start:start + batch_size]
-            inputs, lengths = task.collate_inputs([x for _, x in part])
-            texts = model.decode_texts({"inputs": inputs, "lengths": lengths, "task": task.name}, prompt=prompt,
-                                       **options)
-            yield from ((index, text) for (index, _), text in zip(part, texts))
-        chunk.clear()
+        inputs, prompts, owners = [], [], []
+        for index, x, plan in pending:
+            whole = len(plan) == 1
+            for k, window in enumerate(plan):
+                inputs.append(x if whole else x[window.start:window.end])
+                prompts.append(prompt if k == 0 else later_prompt)
+                owners.append(index)
+        texts = decode_batched(model, inputs, prompts, batch_size, task, **options)
+        position = 0
+        for index, _, plan in pending:
+            yield index, join_texts(texts[position:position + len(plan)], plan)
+            position += len(plan)
+        pending.clear()
 
     for index, source in enumerate(sources):
         try:
-            chunk.append((index, task.load_input(source)))
+            x = task.load_input(source)
         except InputError as error:
             yield index, error
-        if len(chunk) >= chunk_size:
+            continue
+        if sample_rate and x.dim() == 1 and len(x) > window * sample_rate:
+            plan = split_audio(x, sample_rate, longform, model)
+        else:
+            plan = [Window(0, _length(x))]
+        pending.append((index, x, plan))
+        held += len(plan)
+        if held >= chunk_size:
             yield from flush()
+            held = 0
     yield from flush()
 
 

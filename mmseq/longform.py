@@ -80,13 +80,13 @@ def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions) -> tuple
         paths.append(log_probs.argmax(-1).cpu())
         blank_log_probs.append(log_probs[:, tokenizer.pad_id].cpu())
     path, blank_log_prob = torch.cat(paths), torch.cat(blank_log_probs)
-    # Which tokens end or start a word: a space character, or a sentencepiece piece with "▁".
+    # Word boundaries: blanks after a space character (the blanks before it are still the word's
+    # tail), or before a sentencepiece piece that starts a word ("▁...").
     vocabulary = [tokenizer.decode([i]) if i >= len(tokenizer.special_tokens) else "" for i in range(tokenizer.vocab_size)]
+    ends_word = [text.endswith(" ") for text in vocabulary]
+    starts_word = [False] * tokenizer.vocab_size
     if hasattr(tokenizer, "processor"):
         starts_word = [tokenizer.processor.id_to_piece(i).startswith("▁") for i in range(tokenizer.vocab_size)]
-    else:
-        starts_word = [text.startswith(" ") for text in vocabulary]
-    ends_word = [text.endswith(" ") for text in vocabulary]
     frames_per_second = len(path) / (len(waveform) / sample_rate)
     to_hop = 1.0 / (frames_per_second * HOP_SECONDS)
     blank = path == tokenizer.pad_id

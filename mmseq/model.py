@@ -20,6 +20,7 @@ from .encoders import ENCODERS, create_encoder
 from .errors import CheckpointError, ConfigError, TokenizerError
 from .search import DecodingOptions, Hypothesis, beam_search, greedy_search
 from .tasks import TASKS, create_task
+from . import lm as _lm  # noqa: F401  (registers the "lm" task and the "null" encoder)
 from .tokenizer import Tokenizer, build_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -146,30 +147,40 @@ class Seq2Seq(nn.Module):
 
     # -- decoding ---------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: dict, prompt: str | list[int] | None = None, **options) -> list[list[Hypothesis]]:
-        """Decode a batch (``inputs``, ``lengths``); returns n-best hypotheses per input.
+    def generate(self, batch: dict, prompt: str | list[int] | None = None, lm=None,
+                 **options) -> list[list[Hypothesis]]:
+        """Decode a batch (``inputs``, ``lengths``); returns n-best hypotheses per input, best first.
 
         ``prompt``: prompt tokens and/or a text prefix the decoder is forced through after the
-        task token (a string such as ``"<|short|> a photo of"``, or ids). ``options`` override the
-        checkpoint's :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ...).
+        task token (a string such as ``"<|short|> a photo of"``, or ids); it is not scored, and
+        ``Hypothesis.output`` starts with it. ``lm``: a :class:`mmseq.lm.LanguageModel` (or its
+        checkpoint folder) fused with weight ``lm_weight``. ``options`` override the checkpoint's
+        :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...).
         """
         name = batch.get("task")
         task_options = self.config.tasks[name].get("decoding", {}) if self.config.tasks and name in self.config.tasks else {}
-        options = DecodingOptions(**{**asdict(self.decoding), **task_options, **options})
+        options = DecodingOptions(**{**asdict(self.decoding), **task_options, **options}).check()
         prompt_ids = self.task_for(name).prompt() + (self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str)
                                                      else list(prompt or []))
         _, ctc_head, _ = self.parts(name)
+        if isinstance(lm, (str, os.PathLike)):
+            lm = _lm.LanguageModel.cached(lm, self.device)
+        if lm is not None and options.lm_weight > 0:
+            lm.check_tokenizer(self.tokenizer)
+        else:
+            lm = None
         inputs = batch["inputs"].to(self.device)
         lengths = batch.get("lengths")
         memory, memory_mask = self.encode(inputs, lengths.to(self.device) if lengths is not None else None, name)
         use_ctc = options.ctc_weight > 0 and ctc_head is not None
-        if options.beam_size == 1 and not use_ctc:
+        if options.beam_size == 1 and not use_ctc and lm is None:
             return [[hyp] for hyp in greedy_search(self, memory, memory_mask, prompt_ids, options)]
         ctc = self.ctc_log_probs(memory, ctc_head) if use_ctc else None
-        return beam_search(self, memory, memory_mask, prompt_ids, options, ctc)
+        return beam_search(self, memory, memory_mask, prompt_ids, options, ctc, lm)
 
     def decode_texts(self, batch: dict, **options) -> list[str]:
-        return [self.tokenizer.decode(hyps[0].tokens) if hyps else "" for hyps in self.generate(batch, **options)]
+        """Best text per input; a forced text prefix of the prompt starts it."""
+        return [self.tokenizer.decode(hyps[0].output) if hyps else "" for hyps in self.generate(batch, **options)]
 
     def _run(self, sources, batch_size: int, **options) -> list[str]:
         from .inference import decode_sources

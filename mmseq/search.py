@@ -159,6 +159,12 @@ def _start(model, memory, memory_mask, prefix: torch.Tensor, max_new: int):
     return cache, logits
 
 
+def _share(cache, times: int):
+    """Each row ``times`` times, the cross-attention kept once per input when the cache can
+    (:meth:`~mmseq.decoder.DecoderCache.share`); a cache with only ``repeat`` copies it."""
+    return cache.share(times) if hasattr(cache, "share") else cache.repeat(times)
+
+
 def _room(model, prefix: torch.Tensor, lm=None) -> int:
     """Positions left for new tokens in the decoder (and the language model) after the prefix."""
     room = model.decoder.config.max_length - len(prefix)
@@ -293,7 +299,7 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     max_new = int(limits.max())
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
     cache, logits = _start(model, memory, memory_mask, prefix, max_new)
-    cache, logits = cache.repeat(beam), logits.repeat_interleave(beam, 0)
+    cache, logits = _share(cache, beam), logits.repeat_interleave(beam, 0)
     fusion = _Fusion(model, options, list(prompt), memory_mask, beam, max_new, ctc_log_probs, lm)
     candidates_per_row = None
     if fusion.ctc is not None:
@@ -404,7 +410,7 @@ def sample(model, memory, memory_mask, prompt: list[int] = (), options: Decoding
     max_new = int(limits.max())
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, memory.device)
     cache, logits = _start(model, memory, memory_mask, prefix, max_new)
-    cache, logits = cache.repeat(count), logits.repeat_interleave(count, 0)
+    cache, logits = _share(cache, count), logits.repeat_interleave(count, 0)
     tokens = torch.zeros(logits.shape[0], 0, dtype=torch.long, device=memory.device)
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=memory.device)
     for step in range(max_new):

@@ -134,3 +134,52 @@ def test_model_decodes_long_and_short_recordings_in_order(char_tokenizer):
     assert sum(calls) == 2 * len(windows) + 1 and len(calls) <= 2  # all windows in one batch per prompt
     joined = decode_long(model, [long_wave], LongformOptions(window=3.0), batch_size=64, beam_size=1, max_length=5)
     assert joined == [texts[0]]
+
+
+class FakeCTCModel:
+    """A CTC head that spikes each word's characters across the word's frames and a space just
+    after it (25 frames a second), blank elsewhere: what a good CTC model emits."""
+
+    hop = 640
+
+    def __init__(self, words, tokenizer, samples: int):
+        from types import SimpleNamespace
+
+        self.encoder, self.tokenizer = SimpleNamespace(sample_rate=RATE), tokenizer
+        self.device, self.ctc_head = torch.device("cpu"), object()
+        labels = torch.full((samples // self.hop + 1,), tokenizer.pad_id)
+        for word, start, end in words:
+            first, last = start // self.hop, end // self.hop
+            for k, char in enumerate(word):
+                labels[first + k * (last - first) // len(word)] = tokenizer.encode(char)[0]
+            labels[last] = tokenizer.encode(" ")[0]
+        self.log_probs = (10.0 * torch.nn.functional.one_hot(labels, tokenizer.vocab_size)).log_softmax(-1)
+
+    def encode(self, part, lengths):
+        first = part.storage_offset() // self.hop  # the test's pieces are views of one recording
+        frames = torch.arange(first, first + -(-part.shape[1] // self.hop)).clamp(max=len(self.log_probs) - 1)
+        return frames[None, :, None].float(), torch.ones(1, len(frames), dtype=torch.bool)
+
+    def ctc_log_probs(self, memory):
+        return self.log_probs[memory[..., 0].long()]
+
+
+def test_ctc_split_points_in_loud_noise(char_tokenizer):
+    texts = sentences(40, seed=8)
+    waveform, words = recording(texts, seed=3)
+    waveform = waveform + 0.3 * torch.randn(len(waveform), generator=torch.Generator().manual_seed(0))
+    model = FakeCTCModel(words, char_tokenizer, len(waveform))
+    options = LongformOptions(window=6.0, split="ctc")
+    windows = split_audio(waveform, RATE, options, model)
+    decode = fake_decoder(words)
+    text = join_texts([decode(w.start, w.end) for w in windows], windows)
+    assert text.split() == [w for w, _, _ in words]
+    assert {w.joins_previous for w in windows[1:]} == {"pause"} and len(windows) > 10
+
+
+def test_ctc_split_needs_a_ctc_head(char_tokenizer):
+    from mmseq.errors import ConfigError
+
+    model = make_model(char_tokenizer, ctc_weight=0.0)
+    with pytest.raises(ConfigError, match="CTC head"):
+        split_audio(torch.randn(RATE * 40), RATE, LongformOptions(split="ctc"), model)

@@ -83,6 +83,8 @@ class MarkovCache:
     def repeat(self, times):
         return MarkovCache(self.rows * times)
 
+    share = repeat
+
 
 def markov_model(eos_logit: float, seed: int = 0):
     tokenizer = CharTokenizer(["a", "b", "c"], prompt_tokens=["<|asr|>"])
