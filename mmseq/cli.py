@@ -43,6 +43,7 @@ def _load(args):
 
 def command_train(args) -> int:
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from torch.distributed.elastic.multiprocessing.api import SignalException
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.run import main as torchrun
         try:  # --standalone: a rendezvous on a free local port, so two runs on one machine do not clash
@@ -53,6 +54,9 @@ def command_train(args) -> int:
             print(f"mmseq: error: training process {failure.local_rank} failed (exit code {failure.exitcode})",
                   file=sys.stderr)
             return failure.exitcode if failure.exitcode > 0 else 1
+        except SignalException as stop:  # passed on to the processes, which save a checkpoint and stop
+            print(f"mmseq: stopped by signal {int(stop.sigval)}; rerun the same command to resume", file=sys.stderr)
+            return 128 + int(stop.sigval)
         return 0
     from .config import load_config
     from .train import train

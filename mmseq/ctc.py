@@ -43,11 +43,12 @@ class CTCPrefixScorer:
         self.r[:, 1] = self.x[:, self.row_input, blank].cumsum(0)
         self.prefix_score = torch.zeros(rows, device=x.device)
         self.last = torch.full((rows,), -1, dtype=torch.long, device=x.device)
+        self.forced = 0  # labels of a forced prefix before the tokens that score() is given
 
     def score(self, tokens: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Gain in CTC prefix log-probability ``(rows, count)`` of appending each of
         ``candidates (rows, count)`` to the prefixes ``tokens (rows, steps)``."""
-        frames, steps = self.x.shape[0], tokens.shape[1]
+        frames, steps = self.x.shape[0], self.forced + tokens.shape[1]
         xs = self.x[:, self.row_input[:, None], candidates]  # (frames, rows, count)
         blank = self.x[:, self.row_input, self.blank][..., None]  # (frames, rows, 1)
         r = torch.full((frames, 2) + candidates.shape, NEG_INF, device=xs.device)
@@ -77,6 +78,17 @@ class CTCPrefixScorer:
         self.prefix_score = self._next_score[index, position]
         self.last = tokens
         self.row_input = self.row_input[index]
+
+    def force(self, labels: list[int]) -> None:
+        """Take every row through ``labels`` first (a prompt's text prefix): later scores are
+        conditioned on them, and the prefix's own probability is not part of any gain."""
+        rows = len(self.row_input)
+        empty = torch.zeros(rows, 0, dtype=torch.long, device=self.r.device)
+        for label in labels:
+            candidates = torch.full((rows, 1), label, dtype=torch.long, device=self.r.device)
+            self.score(empty, candidates)
+            self.advance(torch.arange(rows, device=self.r.device), candidates, candidates[:, 0])
+            self.forced += 1
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only some rows (inputs that finished leave the batch)."""

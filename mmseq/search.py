@@ -184,6 +184,8 @@ class _Fusion:
         if options.ctc_weight > 0 and ctc_log_probs is not None:
             self.ctc = CTCPrefixScorer(ctc_log_probs, memory_mask.sum(1), model.tokenizer.eos_id,
                                        model.tokenizer.pad_id, rows_per_input)
+            # CTC transcribes the text only: it starts after the prompt's text prefix, if any.
+            self.ctc.force([i for i in prompt if i >= len(model.tokenizer.special_tokens)])
         self.lm = lm if lm is not None and options.lm_weight > 0 else None
         self.attention_weight = 1.0 - options.ctc_weight if self.ctc is not None else 1.0
         if self.lm is not None:

@@ -426,10 +426,13 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------------
     def _handle_signal(self, number, frame) -> None:
-        if self.stop_signal is not None:  # a second Ctrl-C: stop now, the last checkpoint stays
+        # A second signal stops at once (the last checkpoint stays), unless it comes within two
+        # seconds: Ctrl-C under torchrun reaches a worker twice, from the terminal and from torchrun.
+        if self.stop_signal is not None and time.monotonic() - self._signal_time > 2.0:
             raise KeyboardInterrupt
-        self.stop_signal = number
-        self.log_message(f"signal {number}: saving a checkpoint at the end of this step, then stopping")
+        if self.stop_signal is None:
+            self.stop_signal, self._signal_time = number, time.monotonic()
+            self.log_message(f"signal {number}: saving a checkpoint at the end of this step, then stopping")
 
     def _stop_requested(self) -> bool:
         """Whether any rank was asked to stop (all ranks agree, so they all save and leave)."""

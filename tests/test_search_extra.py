@@ -283,3 +283,60 @@ def test_ctc_only_outputs_are_possible_alignments(char_tokenizer):
     hyps = beam_search(model, memory, mask, [4], DecodingOptions(beam_size=4, max_length=60, ctc_weight=0.9), ctc)
     for row, (hyp, *_) in enumerate(hyps):
         assert math.isfinite(hyp.score) and len(hyp.tokens) <= int(mask[row].sum())
+
+
+def ctc_prefix_log_prob(log_probs: torch.Tensor, labels: list[int], blank: int = 0) -> float:
+    """log P(the CTC output starts with ``labels``) by the forward algorithm: the first ``t - 1``
+    frames produce all but the last label, and frame ``t`` starts the last one."""
+    if not labels:
+        return 0.0
+    extended = [blank]
+    for label in labels:
+        extended += [label, blank]
+    frames, states = log_probs.shape[0], len(extended)
+    alpha = torch.full((frames, states), float("-inf"))
+    alpha[0, 0], alpha[0, 1] = log_probs[0, blank], log_probs[0, labels[0]]
+    for t in range(1, frames):
+        for s in range(states):
+            previous = [alpha[t - 1, s]] + ([alpha[t - 1, s - 1]] if s else [])
+            if s >= 2 and extended[s] != blank and extended[s] != extended[s - 2]:
+                previous.append(alpha[t - 1, s - 2])
+            alpha[t, s] = torch.stack(previous).logsumexp(0) + log_probs[t, extended[s]]
+    last = states - 2
+    starts = [alpha[0, last]] if last == 1 else []
+    for t in range(1, frames):
+        into = [alpha[t - 1, last - 1]] + ([alpha[t - 1, last - 2]] if last >= 2 and extended[last] != extended[last - 2]
+                                           else [])
+        starts.append(torch.stack(into).logsumexp(0) + log_probs[t, extended[last]])
+    return float(torch.stack(starts).logsumexp(0))
+
+
+def test_ctc_prefix_reference_agrees_with_brute_force():
+    torch.manual_seed(3)
+    log_probs = torch.randn(5, 4).log_softmax(-1)
+    for labels in ([1], [1, 1], [2, 3, 2], [3, 3, 3]):
+        assert ctc_prefix_log_prob(log_probs, labels) == pytest.approx(
+            brute_force_prefix(log_probs, labels, whole=False), abs=1e-4)
+
+
+def test_joint_ctc_starts_after_a_forced_text_prefix(tiny_model):
+    """The prompt's text is given to CTC as well: the CTC part of a score is log P(prefix + output)
+    less log P(prefix as a prefix), so the prefix itself is not scored."""
+    tokenizer = tiny_model.tokenizer
+    batch = waveform_batch([0.9, 0.7])
+    memory, mask = encode(tiny_model, [0.9, 0.7])
+    ctc = ctc_of(tiny_model, memory)
+    text = tokenizer.encode("the")
+    prompt = [tokenizer.token_id("<|asr|>"), tokenizer.token_id("<|short|>")] + text
+    weight = 0.4
+    hyps = tiny_model.generate(batch, prompt="<|short|> the", beam_size=3, nbest=2, max_length=10,
+                               ctc_weight=weight)
+    for row, row_hyps in enumerate(hyps):
+        frames = int(mask[row].sum())
+        for hyp in row_hyps:
+            attention = sum(teacher_forced(tiny_model, memory[row:row + 1], mask[row:row + 1], prompt, hyp.tokens, 10))
+            labels = text + hyp.tokens
+            whole = -float(F.ctc_loss(ctc[row, :frames], torch.tensor(labels), torch.tensor(frames),
+                                      torch.tensor(len(labels)), reduction="sum"))
+            given = ctc_prefix_log_prob(ctc[row, :frames], text)
+            assert hyp.log_prob == pytest.approx((1 - weight) * attention + weight * (whole - given), abs=1e-3)

@@ -77,6 +77,7 @@ def one_step(folder: Path, micro_batches: list[list[int]]) -> tuple[dict, dict]:
     return seen, {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_accumulation_gives_the_update_of_one_large_batch(tmp_path):
     accumulated_grads, accumulated = one_step(tmp_path / "two", [[0, 1, 2], [5, 6]])
     large_grads, large = one_step(tmp_path / "one", [[0, 1, 2, 5, 6]])

@@ -61,6 +61,12 @@ LIBRISPEECH = {
 WORDS = "the of and to a in he was that it his her with as had for you not but be is she at on by".split()
 
 
+def librispeech_durations(count: int, seed: int = 0) -> np.ndarray:
+    """Log-normal utterance durations, median 12 s, clipped to 1 to 30 s (LibriSpeech-like)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(math.log(12.0), 0.35, size=count), 1.0, 30.0)
+
+
 def write_synthetic_corpus(folder: Path, count: int, seed: int = 0) -> Path:
     """``count`` noise utterances with LibriSpeech-like durations (log-normal, median about 12 s,
     1 to 30 s) and random targets of about 3 characters a second (the token rate of a 5000-piece
@@ -71,8 +77,7 @@ def write_synthetic_corpus(folder: Path, count: int, seed: int = 0) -> Path:
     words = random.Random(seed)
     (folder / "wav").mkdir(parents=True, exist_ok=True)
     lines = []
-    for i in range(count):
-        seconds = float(np.clip(rng.lognormal(math.log(12.0), 0.35), 1.0, 30.0))
+    for i, seconds in enumerate(librispeech_durations(count, seed).tolist()):
         audio = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
         soundfile.write(folder / "wav" / f"u{i}.wav", audio, 16000, subtype="PCM_16")
         text = ""
@@ -260,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(config_path, overrides + args.overrides)
         result = bench(config, steps, warmup, count_flops=not args.no_flops)
     result = {"config": args.preset or args.config, **result}
+    if args.preset:  # padding over a corpus-sized sample of the same durations, not just the few written
+        from mmseq.data.batching import bucket_batches
+        lengths = librispeech_durations(20000, seed=1).tolist()
+        result["padding_bucketed_20k"] = padding_fraction(lengths, bucket_batches(lengths, config.data.batch_size))
+        result["padding_random_20k"] = padding_fraction(lengths, random_batches(lengths, config.data.batch_size))
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
