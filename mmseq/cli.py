@@ -171,7 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options_first(argv: list[str]) -> list[str]:
+    """``mmseq train CONFIG --nproc 2 a=b``: argparse stops filling the overrides at an option,
+    so move ``train``'s options in front of its positional arguments."""
+    if not argv or argv[0] != "train":
+        return argv
+    options, rest, index = [], [], 1
+    while index < len(argv):
+        word = argv[index]
+        if word == "--nproc" and index + 1 < len(argv):
+            options += argv[index:index + 2]
+            index += 2
+            continue
+        (options if word.startswith("--nproc=") or word in ("-h", "--help") else rest).append(word)
+        index += 1
+    return ["train", *options, *rest]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _options_first(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
