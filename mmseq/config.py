@@ -13,6 +13,7 @@ import yaml
 
 from .errors import ConfigError
 from .model import ModelConfig
+from .scst import SCSTConfig
 from .search import DecodingOptions
 from .tokenizer import TASK_TOKENS
 
@@ -72,6 +73,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    scst: SCSTConfig = field(default_factory=SCSTConfig)  # self-critical training, a second stage (mmseq/scst.py)
 
 
 def _parse_value(text: str):

@@ -44,6 +44,7 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.config, self.tokenizer, self.task_name = config, tokenizer, task
         self.decoding = DecodingOptions(**(decoding or {}))
+        self.training_record: dict = {}  # how the weights were trained beyond cross-entropy (e.g. SCST's reward)
         if config.tasks or task == "multitask":
             self._build_multitask()
             return
@@ -202,7 +203,8 @@ class Seq2Seq(nn.Module):
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_config(self) -> dict:
         return {"mmseq_version": __version__, "task": self.task_name, "model": asdict(self.config),
-                "tokenizer": self.tokenizer.config(), "decoding": asdict(self.decoding)}
+                "tokenizer": self.tokenizer.config(), "decoding": asdict(self.decoding),
+                "training": self.training_record}
 
     def save(self, folder: str | os.PathLike, write_extra=None, state_dict: dict | None = None) -> Path:
         """Write a checkpoint folder atomically: into a temporary folder, then renamed into place.
@@ -338,5 +340,7 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"), strict=True)
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: corrupt or incompatible weights ({_one_line(error)})") from None
+    training = config.get("training")
+    model.training_record = dict(training) if isinstance(training, dict) else {}
     model.eval()
     return model.to(device) if device is not None else model

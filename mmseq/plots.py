@@ -30,3 +30,148 @@ def plot_curves(log_csv: str | Path, out_png: str | Path, metric_name: str = "me
     figure.tight_layout()
     figure.savefig(out_png, dpi=100)
     plt.close(figure)
+
+
+# -- attention ------------------------------------------------------------------------------------
+def attention_of(model, source, prompt=None, **options) -> dict:
+    """Decode one input and recompute, by teacher forcing, the decoder's last-layer cross-attention
+    (averaged over heads) of each generated token.
+
+    Args:
+        model: a :class:`~mmseq.model.Seq2Seq`.
+        source: what ``model.task.load_input`` reads: an image or audio file, a PIL image, a waveform.
+        prompt, options: as for :meth:`~mmseq.model.Seq2Seq.generate` (``beam_size`` ...).
+
+    Returns a dict: ``text`` (the output), ``tokens`` (generated ids), ``attention``
+    ``(len(tokens) + 1, frames)`` float array (the last row is that of ``</s>``), and ``grid``
+    (the image encoder's ``(rows, cols)``, or None).
+    """
+    import torch
+
+    task, tokenizer = model.task, model.tokenizer
+    inputs, lengths = task.collate_inputs([task.load_input(source)])
+    hypothesis = model.generate({"inputs": inputs, "lengths": lengths}, prompt=prompt, **options)[0][0]
+    tokens = [tokenizer.bos_id] + list(hypothesis.prompt) + list(hypothesis.tokens) + [tokenizer.eos_id]
+    with torch.no_grad():
+        inputs = inputs.to(model.device)
+        memory, memory_mask = model.encode(inputs, lengths.to(model.device) if lengths is not None else None)
+        ids = torch.tensor([tokens[:-1]], device=model.device)
+        _, weights = model.decoder(ids, memory, memory_mask, return_attention=True)  # (1, positions, frames)
+    # Position p predicts token p + 1: the generated tokens and </s> follow <s> and the prompt.
+    first = len(hypothesis.prompt)
+    attention = weights[0, first:, : int(memory_mask[0].sum())].float().cpu().numpy()
+    return {"text": tokenizer.decode(hypothesis.output), "tokens": list(hypothesis.tokens), "attention": attention,
+            "grid": getattr(model.encoder, "grid_shape", None) if model.encoder.modality == "image" else None}
+
+
+def word_groups(tokenizer, tokens: list[int]) -> list[tuple[str, list[int]]]:
+    """The words of a token sequence, each with the positions of its tokens.
+
+    A token belongs to the word that its text ends in; tokens that are only whitespace (a
+    character tokenizer's spaces) belong to no word.
+
+    >>> from mmseq.tokenizer import CharTokenizer
+    >>> tokenizer = CharTokenizer(list("a red"))
+    >>> word_groups(tokenizer, tokenizer.encode("a red"))
+    [('a', [0]), ('red', [2, 3, 4])]
+    """
+    words = tokenizer.decode(tokens).split()
+    groups = [(word, []) for word in words]
+    for position in range(len(tokens)):
+        if not tokenizer.decode(tokens[position:position + 1]).strip():
+            continue
+        index = len(tokenizer.decode(tokens[: position + 1]).split()) - 1
+        if 0 <= index < len(groups):
+            groups[index][1].append(position)
+    return [(word, positions) for word, positions in groups if positions]
+
+
+def plot_attention(model, source, out_png: str | Path, prompt=None, columns: int = 5, **options) -> str:
+    """Draw where the decoder looks while it writes its output for one input; returns the output.
+
+    Images (as "Show, Attend and Tell" shows them): the image and then, for each generated word, the
+    cross-attention over the encoder's grid (averaged over the word's tokens) as a heat map laid on
+    the image (the whole image: the default ``crop_mode="squash"`` shows the encoder all of it).
+    Speech and other inputs: an alignment plot, output tokens against encoder frames (seconds when
+    the encoder has a ``frame_rate``).
+
+    Args:
+        model: a :class:`~mmseq.model.Seq2Seq`.
+        source: an image or audio file, a PIL image or a waveform.
+        out_png: the picture to write (its folder is made).
+        prompt, options: as for :meth:`~mmseq.model.Seq2Seq.generate`.
+        columns: panels per row of the image figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = attention_of(model, source, prompt, **options)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    if found["grid"] is not None:
+        figure = _image_attention_figure(plt, model, source, found, columns)
+    else:
+        figure = _alignment_figure(plt, model, found)
+    figure.savefig(out_png, dpi=100)
+    plt.close(figure)
+    return found["text"]
+
+
+def _image_attention_figure(plt, model, source, found: dict, columns: int):
+    import numpy as np
+
+    from .data.images import load_image
+
+    image = np.asarray(load_image(source))
+    height, width = image.shape[:2]
+    rows_grid, cols_grid = found["grid"]
+    attention = found["attention"]
+    groups = word_groups(model.tokenizer, found["tokens"]) or [("</s>", [len(found["tokens"])])]
+    panels = len(groups) + 1
+    columns = max(1, min(columns, panels))
+    rows = -(-panels // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title("\n".join(_wrap(found["text"] or "(empty)", 28)), fontsize=8)
+    heats = [attention[positions].mean(0).reshape(rows_grid, cols_grid) for _, positions in groups]
+    # One colour scale for every word: a word that looks everywhere stays pale, one that looks at
+    # one place glows there.
+    top = max(max(float(heat.max()) for heat in heats), 1e-8)
+    for panel, ((word, _), heat) in enumerate(zip(groups, heats), start=1):
+        axis = axes.flat[panel]
+        axis.imshow(image)
+        # The grid stretched over the whole image, smoothed: each cell covers its part of the picture.
+        axis.imshow(heat, cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear",
+                    vmin=0.0, vmax=top)
+        axis.set_title(word, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def _alignment_figure(plt, model, found: dict):
+    tokenizer = model.tokenizer
+    labels = [tokenizer.decode([token]).replace(" ", "\u2423") or "?" for token in found["tokens"]] + ["</s>"]
+    attention = found["attention"]  # (tokens + 1, frames)
+    frames = attention.shape[1]
+    frame_rate = getattr(model.encoder, "frame_rate", None)
+    extent_end = frames / frame_rate if frame_rate else frames
+    figure, axis = plt.subplots(figsize=(min(16, 3 + 0.08 * frames), min(14, 1.5 + 0.22 * len(labels))))
+    axis.imshow(attention, aspect="auto", origin="upper", cmap="viridis", interpolation="nearest",
+                extent=(0, extent_end, len(labels) - 0.5, -0.5))
+    axis.set_yticks(range(len(labels)))
+    axis.set_yticklabels(labels, fontsize=7 if len(labels) > 40 else 9)
+    axis.set_xlabel("seconds" if frame_rate else "encoder frame")
+    axis.set_ylabel("output token")
+    axis.set_title("\n".join(_wrap(found["text"] or "(empty)", 100)), fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [text]

@@ -46,6 +46,7 @@ from .config import Config, config_to_dict
 from .data.batching import BucketBatchSampler
 from .errors import CheckpointError, ConfigError, MmseqError
 from .model import WEIGHTS_FILE, Seq2Seq, load
+from .scst import SelfCriticalObjective, start_model
 from .tasks import ExampleDataset
 from .tokenizer import train_tokenizer
 
@@ -307,7 +308,9 @@ class Trainer:
                 break
             except (CheckpointError, ConfigError) as error:
                 self.log_message(f"cannot resume from {folder} ({error}); trying the one before")
-        if self.resume_from is None:
+        if self.resume_from is None and config.scst.enabled:
+            self.model = start_model(config.scst, config.task)  # SCST fine-tunes a cross-entropy checkpoint
+        elif self.resume_from is None:
             from .data.manifest import read_manifest
             lines = read_manifest(config.data.train, (), skip_errors=True)[0]
             texts = [e["text"] for e in lines if "text" in e] + [c for e in lines for c in e.get("captions", [])]
@@ -315,7 +318,8 @@ class Trainer:
             self.model = Seq2Seq(config.model, tokenizer, config.task, asdict(config.decoding))
         self.model.to(self.device).train()
         self.task = self.model.task
-        self.train_examples, self.manifest_errors = self._read(config.data.train, True, self.task)
+        # SCST reads one example per image (all its captions are the references), not one per caption.
+        self.train_examples, self.manifest_errors = self._read(config.data.train, not config.scst.enabled, self.task)
         self.valid_examples = self._read(config.data.valid, False, self.task)[0] if config.data.valid else []
         lengths = [self.task.length(e) for e in self.train_examples]
         self.sampler = BucketBatchSampler(lengths, config.data.batch_size, config.data.max_batch_examples,
@@ -356,6 +360,8 @@ class Trainer:
             self._load_state(self.resume_from)
 
         self.network = self.model
+        if config.scst.enabled:  # the loss is the self-critical objective, a module around the model
+            self.network = SelfCriticalObjective(self.model, config.scst, self.train_examples, self.out)
         if self.world > 1 and not self.sharded:
             self.network = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
