@@ -222,6 +222,9 @@ class SelfCriticalObjective(nn.Module):
         try:
             # (images * count, steps): the candidates of one image next to each other
             new = draw_candidates(model, memory.detach(), memory_mask, prompt, self.config)
+            # Read back before the teacher-forced pass is queued: on a GPU the reward (on the
+            # CPU) then runs while the forward pass does.
+            candidates = new.tolist()
             tokens = torch.cat([prefix.expand(new.shape[0], -1), new], 1)
             logits = model.decoder(tokens[:, :-1], memory.repeat_interleave(count, 0),
                                    memory_mask.repeat_interleave(count, 0))
@@ -229,12 +232,11 @@ class SelfCriticalObjective(nn.Module):
             model.decoder.train(decoder_was_training)
         log_probs = sequence_log_probs(logits[:, len(prefix) - 1:], new, tokenizer.eos_id)  # (images * count,)
 
-        texts = [reward_text(tokenizer.decode(row)) for row in new.tolist()]
-        rewards = torch.from_numpy(self.scorer.reward(texts, [i for i in indices for _ in range(count)]))
-        rewards = rewards.to(device=log_probs.device, dtype=torch.float32)
-        advantages = self_critical_advantages(rewards, count)
-        loss_sum = -(advantages * log_probs).sum() / count
+        texts = [reward_text(tokenizer.decode(row)) for row in candidates]
+        rewards = torch.from_numpy(self.scorer.reward(texts, [i for i in indices for _ in range(count)])).float()
         self._log(rewards, texts)
+        advantages = self_critical_advantages(rewards, count).to(log_probs.device)
+        loss_sum = -(advantages * log_probs).sum() / count
         zero = torch.zeros((), device=log_probs.device)
         return {"loss_sum": loss_sum, "loss": loss_sum / images, "examples": images,
                 "reward": float(rewards.mean()), "correct": zero, "tokens": zero}
