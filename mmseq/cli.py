@@ -29,7 +29,10 @@ def _options(args) -> dict:
     if args.lm:
         names.update(lm=args.lm, lm_weight=0.3 if args.lm_weight is None else args.lm_weight)
     if getattr(args, "window", None) is not None:
-        names.update(window=args.window, split=args.split)
+        from .longform import LongformOptions
+        before, after = args.silence or (LongformOptions.silence_before, LongformOptions.silence_after)
+        names["longform"] = LongformOptions(window=args.window, split=args.split, segment_pause=args.segment_pause,
+                                            silence_before=before, silence_after=after)
     return {k: v for k, v in names.items() if v is not None}
 
 
@@ -155,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="longer audio is split into windows of at most this many seconds (default 30)")
             p.add_argument("--split", choices=["energy", "ctc"], default="energy",
                            help="where long audio is split: pauses by energy or by CTC blanks (default energy)")
+            p.add_argument("--segment-pause", type=float, metavar="SECONDS",
+                           help="long audio: also end a window at every pause this long (one sentence per "
+                                "window, for models trained on single sentences)")
+            p.add_argument("--silence", type=float, nargs=2, metavar=("BEFORE", "AFTER"),
+                           help="long audio: seconds of silence kept before and after each window's sound, "
+                                "as in the model's training utterances (default 0.1 0.1)")
         _decoding_arguments(p)
         p.set_defaults(run=_decode_files)
 

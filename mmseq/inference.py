@@ -40,18 +40,23 @@ def decode_batched(model, inputs: list[torch.Tensor], prompts: list, batch_size:
 
 
 def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int = 256, prompt=None,
-                window: float = 30.0, split: str = "energy", task: str | None = None,
+                window: float = 30.0, split: str = "energy", segment_pause: float | None = None,
+                longform: LongformOptions | None = None, task: str | None = None,
                 **options) -> Iterator[tuple[int, str | InputError]]:
     """Yield ``(index, text)`` for each source, or ``(index, InputError)`` for one that cannot be
     read. At most about ``chunk_size`` inputs (or windows) are held in memory at once; within a
     chunk, inputs of similar length share a batch, and the results of a chunk come in input order.
 
-    Audio longer than ``window`` seconds is split at pauses found by ``split`` ("energy" or "ctc");
-    its windows are decoded with the others and their texts joined. ``task`` names the task of a
-    multitask model ("asr", "caption", "text"); a single-task model needs none.
+    Audio longer than ``window`` seconds is split at pauses found by ``split`` ("energy" or "ctc"),
+    and also at every pause of ``segment_pause`` seconds or more when given (one sentence per window,
+    for models trained on single sentences); its windows are decoded with the others and their
+    texts joined. ``longform`` gives every long-audio setting at once (it overrides those three).
+    ``task`` names the task of a multitask model ("asr", "caption", "text"); a single-task model
+    needs none.
     """
     task = model.task_for(task)
-    longform = LongformOptions(window=window, split=split)
+    longform = longform or LongformOptions(window=window, split=split, segment_pause=segment_pause)
+    window = longform.window
     sample_rate = getattr(task.encoder, "sample_rate", None)
     later_prompt = continuation_prompt(model.tokenizer, prompt)
     pending: list[tuple[int, torch.Tensor, list[Window]]] = []

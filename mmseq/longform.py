@@ -1,11 +1,13 @@
 """Long audio: split a recording into windows the model can decode, then join their texts.
 
 Split points come from pauses: stretches of low energy (``split="energy"``), or of CTC blanks
-between words (``split="ctc"``, for models with a CTC head; robust to steady noise). Each window
-runs from inside one pause to inside the next, so neighbouring windows overlap only by silence
-and their texts join end to end. Where no pause falls inside the allowed window length (fast,
-continuous speech), the window is cut at its quietest moment and the next one starts ``overlap``
-seconds earlier; the words the two texts share in that overlap are aligned and kept once.
+between words (``split="ctc"``, for models with a CTC head; robust to steady noise). A window
+spans the sound between two pauses with a little of their silence, so no word is cut and the
+texts of neighbouring windows join end to end; long silences are not decoded (models trained on
+trimmed utterances misread them, and some hallucinate). Where no pause falls inside the allowed
+window length (fast, continuous speech), the window is cut at its quietest moment and the next one
+starts ``overlap`` seconds earlier; the words the two texts share in that overlap are aligned and
+kept once.
 
 The pieces here are pure functions of the waveform (and of per-window texts), so the splitting and
 joining can be tested without a model; :func:`decode_long` puts them around a model's batched
@@ -28,6 +30,10 @@ class LongformOptions:
     min_pause: float = 0.2  # shortest pause (seconds) that makes a clean cut
     overlap: float = 2.0  # overlap (seconds) of windows cut inside speech, where no pause was found
     quiet: float = 0.3  # energy split: a frame is quiet below floor + quiet * (loud - floor) in dB
+    segment_pause: float | None = None  # pauses this long (s) always end a window: one sentence each,
+    #   for models trained on single sentences (None: windows as long as allowed)
+    silence_before: float = 0.1  # silence (s) kept before the sound of a window (at most half the pause)
+    silence_after: float = 0.1  # and after it: match the utterances the model was trained on
 
 
 @dataclass
@@ -65,7 +71,8 @@ def energy_pauses(waveform: torch.Tensor, sample_rate: int, options: LongformOpt
 
 @torch.no_grad()
 def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions) -> tuple[list, torch.Tensor]:
-    """Pauses from the CTC head: runs of blank frames between two words (or at either end).
+    """Pauses from the CTC head: runs of blank frames at least ``options.min_pause`` long, or
+    0.1 s long between two words.
 
     The recording is encoded in pieces of ``options.window`` seconds; returns pauses in 10 ms
     frames and a per-frame cost (blank log-probability, negated) for forced cuts.
@@ -82,7 +89,8 @@ def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions) -> tuple
     path, blank_log_prob = torch.cat(paths), torch.cat(blank_log_probs)
     # Word boundaries: blanks after a space character (the blanks before it are still the word's
     # tail), or before a sentencepiece piece that starts a word ("▁...").
-    vocabulary = [tokenizer.decode([i]) if i >= len(tokenizer.special_tokens) else "" for i in range(tokenizer.vocab_size)]
+    specials = len(tokenizer.special_tokens)
+    vocabulary = [tokenizer.decode([i]) if i >= specials else "" for i in range(tokenizer.vocab_size)]
     ends_word = [text.endswith(" ") for text in vocabulary]
     starts_word = [False] * tokenizer.vocab_size
     if hasattr(tokenizer, "processor"):
@@ -96,9 +104,12 @@ def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions) -> tuple
     for start, end in runs:
         before = labels[start - 1] if start > 0 else None
         after = labels[end] if end < len(labels) else None
-        if before is None or after is None or ends_word[before] or starts_word[after]:
-            if (end - start) * to_hop * HOP_SECONDS >= min(options.min_pause, 0.1):
-                pauses.append((int(start * to_hop), int(end * to_hop)))
+        seconds = (end - start) * to_hop * HOP_SECONDS
+        between_words = before is None or after is None or ends_word[before] or starts_word[after]
+        # A long run is a pause wherever it is (a sentence's end emits no space); a short one must
+        # lie between two words.
+        if seconds >= options.min_pause or (between_words and seconds >= min(options.min_pause, 0.1)):
+            pauses.append((int(start * to_hop), int(end * to_hop)))
     hops = -(-len(waveform) // int(round(HOP_SECONDS * sample_rate)))
     cost = -blank_log_prob[(torch.arange(hops) / to_hop).long().clamp(max=len(path) - 1)]
     return pauses, cost
@@ -110,30 +121,50 @@ def plan_windows(total: int, pauses: list[tuple[int, int]], cost: torch.Tensor, 
     """Windows of at most ``options.window`` seconds over ``total`` samples.
 
     ``pauses``: ``(start, end)`` in 10 ms frames; ``cost``: per-frame loudness used to place a cut
-    where no pause fits (lower is quieter). Each window is as long as allowed: it ends near the
-    end of the latest pause that fits, and the next begins near that pause's start. Both keep a
-    margin (a quarter of the pause, at most 0.1 s) from the sounds around the pause, whose edges
-    the 25 ms analysis frames place only roughly.
+    where no pause fits (lower is quieter). A window spans the sound between two pauses, with
+    ``options.silence_before`` and ``options.silence_after`` of their silence (each at most half
+    the pause). It is as long as allowed, ending at the latest pause that fits; with
+    ``options.segment_pause``, the first pause at least that long ends it sooner. Silence beyond
+    that, at the ends of the recording too, is not decoded.
     """
     hop = int(round(HOP_SECONDS * sample_rate))
     frames = -(-total // hop)
     longest = max(1, int(options.window / HOP_SECONDS))
     overlap = min(int(options.overlap / HOP_SECONDS), longest // 2)
-    windows, start, join = [], 0, "start"
-    while frames - start > longest:
-        fitting = [p for p in pauses if p[0] > start and p[1] <= start + longest]
+    segment = int(options.segment_pause / HOP_SECONDS) if options.segment_pause is not None else None
+
+    def before(pause):  # frames of the pause kept at the start of the window after it
+        return min(int(options.silence_before / HOP_SECONDS), (pause[1] - pause[0]) // 2)
+
+    def after(pause):  # and at the end of the window before it
+        return min(int(options.silence_after / HOP_SECONDS), (pause[1] - pause[0]) // 2)
+
+    start, end = 0, frames
+    inner = []
+    for pause in pauses:
+        if pause[0] <= 0:
+            start = pause[1] - before(pause)  # leading silence
+        elif pause[1] >= frames:
+            end = pause[0] + after(pause)  # trailing silence
+        else:
+            inner.append(pause)
+    windows, join = [], "start"
+    while True:
+        fitting = [p for p in inner if p[0] > start and p[0] + after(p) <= start + longest]
+        breaks = [p for p in fitting if segment is not None and p[1] - p[0] >= segment]
+        if not breaks and end - start <= longest:
+            break
         if fitting:
-            pause = max(fitting, key=lambda p: p[1])
-            margin = min(int(0.1 / HOP_SECONDS), (pause[1] - pause[0]) // 4)
-            windows.append(Window(start * hop, min(total, (pause[1] - margin) * hop), join))
-            start, join = pause[0] + margin, "pause"
+            pause = breaks[0] if breaks else max(fitting, key=lambda p: p[0])
+            windows.append(Window(start * hop, (pause[0] + after(pause)) * hop, join))
+            start, join = pause[1] - before(pause), "pause"
             continue
         # No pause: cut at the quietest frame of the window's last quarter, overlap the next one.
         low = start + max(overlap + 1, 3 * longest // 4)
-        end = low + int(cost[low:start + longest].argmin())
-        windows.append(Window(start * hop, min(total, end * hop), join))
-        start, join = end - overlap, "overlap"
-    windows.append(Window(start * hop, total, join))
+        cut = low + int(cost[low:start + longest].argmin())
+        windows.append(Window(start * hop, min(total, cut * hop), join))
+        start, join = cut - overlap, "overlap"
+    windows.append(Window(start * hop, min(total, end * hop), join))
     return windows
 
 

@@ -51,8 +51,8 @@ class DecodingOptions:
             raise ConfigError(f"decoding.nbest must be between 1 and beam_size ({self.beam_size}), got {self.nbest}")
         if self.max_length < 1:
             raise ConfigError(f"decoding.max_length must be at least 1, got {self.max_length}")
-        if not 0.0 <= self.ctc_weight <= 1.0:
-            raise ConfigError(f"decoding.ctc_weight must be between 0 and 1, got {self.ctc_weight}")
+        if not 0.0 <= self.ctc_weight < 1.0:  # the decoder proposes the candidates CTC scores
+            raise ConfigError(f"decoding.ctc_weight must be at least 0 and below 1, got {self.ctc_weight}")
         if self.lm_weight < 0 or self.length_penalty < 0:
             raise ConfigError("decoding.lm_weight and decoding.length_penalty must not be negative")
         if self.early_stopping not in ("heuristic", "exact"):
@@ -322,7 +322,6 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
         log_probs = _suppress(logits.float().log_softmax(-1), model.tokenizer)
         log_probs = _filter(fusion.full(log_probs), step, limits[alive].repeat_interleave(beam), tokens,
                             options, eos, bad_endings)
-        position = None
         if fusion.ctc is not None:
             # CTC scores only each row's best candidates, all rows at once; ``</s>`` is always one of
             # them, so a hypothesis that CTC cannot extend further can still end.

@@ -68,8 +68,22 @@ def test_pauses_split_a_long_recording_and_join_exactly(window):
     assert text.split() == [w for w, _, _ in words]
     assert all(w.end - w.start <= window * RATE for w in windows)
     assert {w.joins_previous for w in windows[1:]} == {"pause"}
-    assert all(a.end > b.start for a, b in zip(windows, windows[1:]))  # they overlap, by silence only
+    assert all(a.end < b.start for a, b in zip(windows, windows[1:]))  # the silence between is left out
+    assert windows[0].start > 0.15 * RATE and windows[-1].end < len(waveform) - 0.15 * RATE  # and at the ends
+    for piece in windows:  # a margin of silence on each side of the sound
+        inside = [(s, e) for _, s, e in words if piece.start <= s and e <= piece.end]
+        assert 0 < inside[0][0] - piece.start <= 0.15 * RATE and 0 < piece.end - inside[-1][1] <= 0.15 * RATE
     assert len(windows) >= len(waveform) / RATE / window
+
+
+def test_segment_pause_gives_each_sentence_its_window():
+    texts = sentences(40, seed=9)
+    waveform, words = recording(texts, seed=4)  # sentence pauses of 0.35 s or more, word gaps under 0.1 s
+    text, windows = transcribe(waveform, words, LongformOptions(window=20.0, segment_pause=0.3))
+    assert text.split() == [w for w, _, _ in words]
+    assert len(windows) == len(texts)
+    decode = fake_decoder(words)
+    assert [decode(w.start, w.end) for w in windows] == texts
 
 
 def test_continuous_speech_is_cut_with_overlap_and_merged():
@@ -94,7 +108,8 @@ def test_mixed_pauses_and_long_sentences():
 def test_energy_pauses_find_the_sentence_breaks():
     waveform, words = recording(sentences(10, seed=6))
     pauses, _ = energy_pauses(waveform, RATE, LongformOptions())
-    breaks = [(words[i][2], words[i + 1][1]) for i in range(len(words) - 1) if words[i + 1][1] - words[i][2] > 0.3 * RATE]
+    breaks = [(words[i][2], words[i + 1][1]) for i in range(len(words) - 1)
+              if words[i + 1][1] - words[i][2] > 0.3 * RATE]
     for end, start in breaks:  # every sentence break holds a detected pause
         assert any(end <= p0 * 160 + 800 and p1 * 160 <= start + 800 and p1 > p0 for p0, p1 in pauses)
     for p0, p1 in pauses:  # and no pause cuts through a word

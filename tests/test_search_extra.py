@@ -196,8 +196,9 @@ def test_options_are_checked(tiny_model):
     memory, mask = encode(tiny_model, [0.3])
     with pytest.raises(ConfigError):
         beam_search(tiny_model, memory, mask, [4], DecodingOptions(beam_size=2, nbest=3))
-    with pytest.raises(ConfigError):
-        tiny_model.generate(waveform_batch([0.3]), ctc_weight=1.5)
+    for weight in (1.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="ctc_weight"):
+            tiny_model.generate(waveform_batch([0.3]), ctc_weight=weight)
 
 
 # -- prompts ---------------------------------------------------------------------------------------------
@@ -305,8 +306,8 @@ def ctc_prefix_log_prob(log_probs: torch.Tensor, labels: list[int], blank: int =
     last = states - 2
     starts = [alpha[0, last]] if last == 1 else []
     for t in range(1, frames):
-        into = [alpha[t - 1, last - 1]] + ([alpha[t - 1, last - 2]] if last >= 2 and extended[last] != extended[last - 2]
-                                           else [])
+        skip = last >= 2 and extended[last] != extended[last - 2]
+        into = [alpha[t - 1, last - 1]] + ([alpha[t - 1, last - 2]] if skip else [])
         starts.append(torch.stack(into).logsumexp(0) + log_probs[t, extended[last]])
     return float(torch.stack(starts).logsumexp(0))
 

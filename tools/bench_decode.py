@@ -11,8 +11,8 @@ the end), so all do the same number of decoder steps. The transformers model is 
 ours) with our decoder's layers, width, heads, feed-forward width and vocabulary, fed the same
 memory through ``encoder_outputs``. Methods run interleaved, ``--repeats`` times; the best time of
 each is reported. By default the time is this process's CPU time on one thread, which a shared
-machine disturbs far less than elapsed time (``--clock wall`` for that). The real-time factor covers the encoder as well:
-``(encode + decode seconds) / audio seconds`` for the batched search.
+machine disturbs far less than elapsed time (``--clock wall`` for that). The real-time factor
+covers the encoder as well: ``(encode + decode seconds) / audio seconds`` for the batched search.
 
 transformers is a benchmark-only extra (``pip install -e .[bench]``), not a dependency of mmseq.
 """
@@ -167,8 +167,8 @@ def main(argv=None) -> int:
         with_encoder = best_time(lambda: encode_and_decode(model, inputs, lengths, prompt, args, beam), args.repeats,
                                  args.clock)
         for name, value in seconds.items():
-            row = {"beam": beam, "method": name, "seconds": round(value, 4), "tokens_per_second": round(tokens / value, 1),
-                   "utterances_per_second": round(args.batch / value, 2)}
+            row = {"beam": beam, "method": name, "seconds": round(value, 4),
+                   "tokens_per_second": round(tokens / value, 1), "utterances_per_second": round(args.batch / value, 2)}
             if name == "mmseq batched":
                 row["real_time_factor"] = round(with_encoder / audio_seconds, 4)
             rows.append(row)
@@ -176,7 +176,8 @@ def main(argv=None) -> int:
         for row in rows[-len(methods):]:
             row["mmseq_speedup"] = round(row["seconds"] / base, 2)
 
-    header = ["beam", "method", "seconds", "tokens/s", "utterances/s", "mmseq batched is x faster", "RTF (with encoder)"]
+    header = ["beam", "method", "seconds", "tokens/s", "utterances/s", "mmseq batched is x faster",
+              "RTF (with encoder)"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print(f"| {row['beam']} | {row['method']} | {row['seconds']:.3f} | {row['tokens_per_second']:.0f} | "
