@@ -113,6 +113,8 @@ class Seq2Seq(nn.Module):
         """
         _, ctc_head, ctc_weight = self.parts(batch.get("task"))
         memory, memory_mask = self.encode(batch["inputs"], batch.get("lengths"), batch.get("task"))
+        if "input_index" in batch:  # several targets per input: each row attends to its input's memory
+            memory, memory_mask = memory[batch["input_index"]], memory_mask[batch["input_index"]]
         tokens = batch["tokens"]
         examples = tokens.shape[0]
         logits = self.decoder(tokens[:, :-1], memory, memory_mask)

@@ -23,14 +23,15 @@ def model(tmp_path):
     return make_caption_model(word_tokenizer(tmp_path))
 
 
-def test_training_reads_one_example_per_caption_and_evaluation_one_per_image(model, corpus):
+def test_training_and_evaluation_read_one_example_per_image_with_all_its_captions(model, corpus):
     training, errors = model.task.read(corpus, training=True)
-    assert not errors and len(training) == len(COLORS) * 3
-    assert [e["text"] for e in training[:3]] == captions_of("red")
-    assert all(e["references"] == captions_of(e["id"]) for e in training)
+    assert not errors and [e["id"] for e in training] == list(COLORS)
+    assert all(e["texts"] == captions_of(e["id"]) and e["references"] == captions_of(e["id"]) for e in training)
+    assert [model.task.length(e) for e in training] == [3.0] * len(COLORS)  # the batch budget counts captions
     evaluation, _ = model.task.read(corpus, training=False)
     assert [e["id"] for e in evaluation] == list(COLORS)
-    assert all(e["references"] == captions_of(e["id"]) for e in evaluation)
+    assert all(e["references"] == captions_of(e["id"]) and "texts" not in e for e in evaluation)
+    assert model.task.length(evaluation[0]) == 1.0
 
 
 def test_batch_of_images_and_caption_tokens(model, corpus):
@@ -38,19 +39,35 @@ def test_batch_of_images_and_caption_tokens(model, corpus):
     dataset = ExampleDataset(model.task, examples, training=True)
     batch = model.task.collate([dataset[i] for i in range(4)])
     assert batch["inputs"].shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE) and batch["lengths"] is None
+    assert batch["size"] == 12 and batch["input_index"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     tokenizer = model.tokenizer
     prompt = [tokenizer.bos_id, tokenizer.token_id("<|caption|>")]
-    for row, example in zip(batch["tokens"].tolist(), examples[:4]):
-        text = tokenizer.encode(example["text"])
+    texts = [text for example in examples[:4] for text in example["texts"]]
+    for row, text in zip(batch["tokens"].tolist(), texts, strict=True):
+        text = tokenizer.encode(text)
         assert row[: len(text) + 3] == prompt + text + [tokenizer.eos_id]
-    assert batch["prefix_lengths"].tolist() == [2] * 4
+    assert batch["prefix_lengths"].tolist() == [2] * 12
     assert batch["references"][0] == captions_of("red")
     # Normalized with the backbone's own mean and std.
     config = model.encoder.data_config()
     expected = [(value / 255 - mean) / std for value, mean, std in zip(COLORS["red"], config["mean"], config["std"])]
     torch.testing.assert_close(batch["inputs"][0].mean((1, 2)), torch.tensor(expected), atol=0.01, rtol=0)
     out = model.train()(batch)
-    assert torch.isfinite(out["loss"]) and out["examples"] == 4
+    assert torch.isfinite(out["loss"]) and out["examples"] == 12
+
+
+def test_captions_sharing_one_encoder_pass_give_the_loss_of_separate_pairs(model, corpus):
+    """One image with its captions as rows = the same image repeated once per caption."""
+    examples, _ = model.task.read(corpus, training=True)
+    item = ExampleDataset(model.task, examples, training=True)[1]
+    shared = model.task.collate([item])
+    pairs = model.task.collate([{**item, "tokens": [tokens]} for tokens in item["tokens"]])
+    assert "input_index" not in pairs and pairs["inputs"].shape[0] == 3
+    torch.manual_seed(0)
+    model.eval()  # no dropout: the two passes must agree exactly
+    separate, together = model(pairs), model(shared)
+    torch.testing.assert_close(together["loss_sum"], separate["loss_sum"])
+    assert together["examples"] == separate["examples"] == 3 and together["tokens"] == separate["tokens"]
 
 
 def test_bad_ending_words_ban_the_end_only_after_the_whole_word():

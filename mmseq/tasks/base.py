@@ -69,22 +69,30 @@ class Task:
         return [self.tokenizer.bos_id] + self.prompt() + self.tokenizer.encode(text) + [self.tokenizer.eos_id]
 
     def collate(self, items: list[dict]) -> dict:
-        """Loaded items to a batch: ``inputs``, ``lengths``, ``tokens (batch, length)`` holding
+        """Loaded items to a batch: ``inputs``, ``lengths``, ``tokens (rows, length)`` holding
         ``<s>``, the prompt, the text and ``</s>``, ``prefix_lengths`` (``<s>`` plus prompt),
-        ``ids``, ``references``; unreadable items are left out and listed in ``errors``."""
+        ``ids``, ``references``; unreadable items are left out and listed in ``errors``.
+
+        An item may carry several targets (an image's captions): each is a row of ``tokens``, and
+        ``input_index (rows,)`` gives the input of each row, so the encoder runs once per input.
+        ``size`` counts the rows, the examples the loss is summed over.
+        """
         errors = [item["error"] for item in items if "error" in item]
         items = [item for item in items if "error" not in item]
+        sequences = [sequence for item in items for sequence in item["tokens"]]
         batch = {"errors": errors, "ids": [item["id"] for item in items],
-                 "references": [item["references"] for item in items], "size": len(items)}
+                 "references": [item["references"] for item in items], "size": len(sequences)}
         if not items:
             return batch
         batch["inputs"], batch["lengths"] = self.collate_inputs([item["input"] for item in items])
-        sequences = [item["tokens"] for item in items]
-        tokens = torch.full((len(items), max(map(len, sequences))), self.tokenizer.pad_id, dtype=torch.long)
+        tokens = torch.full((len(sequences), max(map(len, sequences))), self.tokenizer.pad_id, dtype=torch.long)
         for row, sequence in enumerate(sequences):
             tokens[row, : len(sequence)] = torch.tensor(sequence)
         batch["tokens"] = tokens
-        batch["prefix_lengths"] = torch.tensor([1 + len(self.prompt())] * len(items))
+        batch["prefix_lengths"] = torch.tensor([1 + len(self.prompt())] * len(sequences))
+        if len(sequences) > len(items):
+            counts = torch.tensor([len(item["tokens"]) for item in items])
+            batch["input_index"] = torch.arange(len(items)).repeat_interleave(counts)
         return batch
 
 
@@ -102,16 +110,18 @@ class ExampleDataset(Dataset):
         try:
             task = self.task.for_example(example)  # a multitask model's examples each name their task
             item = {"input": task.load_input(example[task.input_field], self.training), "task": task.name}
-            item["tokens"] = task.target_tokens(example["text"])
+            # One target per text: an example may hold several (an image's captions, see Task.collate).
+            item["tokens"] = [task.target_tokens(text) for text in example.get("texts") or [example["text"]]]
         except (InputError, ManifestError, TokenizerError) as error:
             return {"error": f"{example['_where']}: {error}"}
-        if len(item["tokens"]) > self.task.max_tokens:
+        longest = max(map(len, item["tokens"]))
+        if longest > self.task.max_tokens:
             if self.training:
-                return {"error": f"{example['_where']}: text of {len(item['tokens'])} tokens is longer than "
+                return {"error": f"{example['_where']}: text of {longest} tokens is longer than "
                                  f"the decoder's limit {self.task.max_tokens}"}
             # Evaluation scores the decoded text against the whole reference; only the targets of
             # the validation loss are cut to what the decoder can hold.
-            item["tokens"] = item["tokens"][: self.task.max_tokens]
+            item["tokens"] = [tokens[: self.task.max_tokens] for tokens in item["tokens"]]
         item.update(id=example["id"], references=example["references"])
         return item
 

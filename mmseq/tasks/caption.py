@@ -21,16 +21,19 @@ class ImageCaptioning(Task):
         self._transforms = {}
 
     def read(self, manifest, training: bool, skip_errors: bool = False):
-        """Training: one example per (image, caption) pair, so every reference is learned.
-        Evaluation: one example per image, scored against all of its captions."""
+        """One example per image. Training learns every reference: the example's ``texts`` are all
+        its captions, each a target row of the batch sharing one pass of the encoder (as
+        self-critical.pytorch's ``seq_per_img`` does). Evaluation scores against all of them."""
         images, errors = read_manifest(manifest, ("image", "captions"), skip_errors)
-        examples = []
-        for image in images:
-            if training:
-                examples += [{**image, "text": caption, "references": image["captions"]} for caption in image["captions"]]
-            else:
-                examples.append({**image, "text": image["captions"][0], "references": image["captions"]})
+        examples = [{**image, "text": image["captions"][0], "references": image["captions"]} for image in images]
+        if training:
+            for example in examples:
+                example["texts"] = example["captions"]
         return examples, errors
+
+    def length(self, example: dict) -> float:
+        """(image, caption) pairs: ``data.batch_size`` counts captions, as without the sharing."""
+        return float(len(example.get("texts") or [None]))
 
     def load_input(self, source, training: bool = False) -> torch.Tensor:
         if training not in self._transforms:  # built from the backbone's own data config
