@@ -251,6 +251,10 @@ class Trainer:
         except BlockingIOError:
             raise TrainingError(f"{self.out}: another training run is using this output folder") from None
 
+    def _release_lock(self) -> None:
+        if getattr(self, "_lock_file", None) is not None:
+            self._lock_file.close()
+
     def _tokenizer(self, texts: list[str]):
         settings = asdict(self.config.tokenizer)
         kind = settings.pop("type")
@@ -298,9 +302,11 @@ class Trainer:
             self._lock()
             (self.out / "config.yaml").write_text(_yaml_dump(config_to_dict(config)))
         self._barrier()
-        self.resume_from = None
-        for folder in reversed(list_checkpoints(self.out)):  # the newest that loads; a corrupt one is reported
+        self.resume_from, saved_state, failures = None, None, []
+        checkpoints = list_checkpoints(self.out)
+        for folder in reversed(checkpoints):  # the newest whose every file reads; a corrupt one is reported
             try:
+                saved_state = _read_training_state(folder)
                 self.model = load(folder)
                 if (folder / TRAINING_WEIGHTS).is_file():
                     self.model.load_state_dict(_read_weights(folder / TRAINING_WEIGHTS))
@@ -308,6 +314,12 @@ class Trainer:
                 break
             except (CheckpointError, ConfigError) as error:
                 self.log_message(f"cannot resume from {folder} ({error}); trying the one before")
+                failures.append(error)
+        if checkpoints and self.resume_from is None:
+            # Starting afresh would quietly put new checkpoints beside (and over) the old run's.
+            raise TrainingError(f"{self.out}: no checkpoint can be resumed from ({len(checkpoints)} tried; the "
+                                f"newest: {failures[0]}); move them away, or choose another output_dir, to "
+                                "start afresh")
         if self.resume_from is None and config.scst.enabled:
             self.model = start_model(config.scst, config.task)  # SCST fine-tunes a cross-entropy checkpoint
         elif self.resume_from is None:
@@ -357,7 +369,7 @@ class Trainer:
                       "nonfinite_in_row": 0, "skipped_steps": 0, "world_size": self.world,
                       "sharded": self.sharded}
         if self.resume_from is not None:
-            self._load_state(self.resume_from)
+            self._load_state(self.resume_from, *saved_state)
 
         self.network = self.model
         if config.scst.enabled:  # the loss is the self-critical objective, a module around the model
@@ -381,12 +393,12 @@ class Trainer:
                 return batch
         raise TrainingError(f"{self.config.data.train}: no readable training example")
 
-    def _load_state(self, folder: Path) -> None:
-        state = json.loads((folder / STATE_JSON).read_text())
+    def _load_state(self, folder: Path, state: dict, tensors: dict) -> None:
+        """Put the optimizer, scheduler, scaler, random state and data position read from ``folder``
+        (by :func:`_read_training_state`) in place."""
         if state.get("sharded", False) != self.sharded:
             how = "sharded (trainer.fsdp, several processes)" if state.get("sharded") else "unsharded"
             raise ConfigError(f"{folder}: its optimizer state was saved {how}; resume it the same way")
-        tensors = torch.load(folder / STATE_TENSORS, map_location="cpu", weights_only=True)
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
             set_optimizer_state_dict(self.model, self.optimizer, tensors["optimizer"],
@@ -445,7 +457,11 @@ class Trainer:
         return all_reduce_sum([float(self.stop_signal is not None)], self.device)[0] > 0
 
     def train(self) -> Path | None:
-        self.setup()
+        try:
+            self.setup()
+        except BaseException:
+            self._release_lock()  # a run that could not start leaves the folder free
+            raise
         config = self.config.trainer
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -467,8 +483,7 @@ class Trainer:
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
-            if getattr(self, "_lock_file", None) is not None:  # free the folder for the next run in this process
-                self._lock_file.close()
+            self._release_lock()  # free the folder for the next run in this process
         best = self.out / "best"
         return best if best.exists() else None
 
@@ -735,6 +750,33 @@ class Trainer:
             plot_curves(self.out / "log.csv", self.out / "curves.png", self.config.trainer.val_metric)
         except Exception as error:  # a plot must never stop training
             self.log_message(f"could not draw curves.png: {error}")
+
+
+def _read_training_state(folder: Path) -> tuple[dict, dict]:
+    """The trainer's state of a checkpoint: its JSON (data position, counts) and its tensors
+    (optimizer, scheduler, scaler, random states). Raises :class:`CheckpointError` when either is
+    missing, truncated, not what the trainer writes, or refused by ``weights_only`` (a pickle that
+    would run code), so that resume can fall back to the checkpoint before."""
+    path = folder / STATE_JSON
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path}: corrupt training state ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), int)
+                                              for k in ("epoch", "batch_in_epoch", "step")):
+        raise CheckpointError(f"{path}: corrupt training state (not the trainer's epoch, batch and step)")
+    path = folder / STATE_TENSORS
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: corrupt or unsafe training state ({type(error).__name__}: "
+                              f"{first_line})") from None
+    if not isinstance(tensors, dict) or not {"optimizer", "scheduler", "scaler", "rng"} <= tensors.keys():
+        raise CheckpointError(f"{path}: corrupt training state (not the trainer's optimizer, scheduler, "
+                              "scaler and random states)")
+    return state, tensors
 
 
 def _read_weights(path: Path) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -255,21 +256,48 @@ def test_resume_falls_back_past_truncated_weights(two_checkpoints, capfd):
     assert f"resumed from {older}" in err
 
 
-@pytest.mark.parametrize("damage", ["state-tensors-truncated", "state-json-truncated", "config-truncated"])
+class Unsafe:
+    """Not among the types ``torch.load(weights_only=True)`` accepts."""
+
+
+DAMAGE = {
+    "state-tensors-truncated": ("trainer_state.pt", lambda path: path.write_bytes(path.read_bytes()[:20])),
+    "state-tensors-empty": ("trainer_state.pt", lambda path: path.write_bytes(b"")),
+    "state-tensors-missing": ("trainer_state.pt", lambda path: path.unlink()),
+    "state-tensors-unsafe-pickle": ("trainer_state.pt", lambda path: torch.save({"optimizer": Unsafe()}, path)),
+    "state-tensors-wrong-keys": ("trainer_state.pt", lambda path: torch.save({"optimizer": {}}, path)),
+    "state-json-truncated": ("trainer_state.json", lambda path: path.write_bytes(path.read_bytes()[:20])),
+    "state-json-a-list": ("trainer_state.json", lambda path: path.write_text("[]")),
+    "config-truncated": ("config.json", lambda path: path.write_bytes(path.read_bytes()[:20])),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
 def test_resume_falls_back_past_other_corrupt_files(damage, two_checkpoints, capfd):
     manifest, out, (older, newer) = two_checkpoints
-    name = {"state-tensors-truncated": "trainer_state.pt", "state-json-truncated": "trainer_state.json",
-            "config-truncated": "config.json"}[damage]
-    path = newer / name
-    path.write_bytes(path.read_bytes()[:20])
-    try:
-        err = _resume_log(capfd, manifest, out)
-    except Exception as error:
-        if damage == "config-truncated":
-            raise
-        pytest.xfail(f"train.py falls back only past checkpoints whose model fails to load; a corrupt "
-                     f"{name} stops the resume (reported to the trainer's owner): {type(error).__name__}")
-    assert f"cannot resume from {newer}" in err and f"resumed from {older}" in err
+    name, spoil = DAMAGE[damage]
+    spoil(newer / name)
+    err = _resume_log(capfd, manifest, out)
+    reason = re.search(rf"cannot resume from {re.escape(str(newer))} \((.*)\); trying the one before", err)
+    assert reason and name in reason.group(1) and "corrupt" in reason.group(1), err[-2000:]
+    assert f"resumed from {older}" in err
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["epoch"] == 3  # and trained on
+
+
+def test_no_loadable_checkpoint_stops_instead_of_starting_afresh(two_checkpoints):
+    """Every checkpoint corrupt: a clear error naming the folder and the newest's fault; nothing
+    new is written over the old run (and the folder's lock is released)."""
+    from mmseq.train import TrainingError
+
+    manifest, out, checkpoints = two_checkpoints
+    for folder in checkpoints:
+        (folder / "trainer_state.pt").write_bytes(b"PK\x03\x04")
+    with pytest.raises(TrainingError, match=rf"{re.escape(str(out))}: no checkpoint can be resumed from "
+                                            rf"\(2 tried; the newest: .*trainer_state.pt: corrupt"):
+        _train(manifest, out, "trainer.max_epochs=3")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [p.name for p in checkpoints]
+    with pytest.raises(TrainingError, match="no checkpoint can be resumed"):  # not "another run"
+        _train(manifest, out, "trainer.max_epochs=3")
 
 
 def test_leftover_temporary_folders_are_ignored_on_resume(two_checkpoints, capfd):
