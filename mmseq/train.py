@@ -332,7 +332,9 @@ class Trainer:
         self.task = self.model.task
         # SCST reads one example per image (all its captions are the references), not one per caption.
         self.train_examples, self.manifest_errors = self._read(config.data.train, not config.scst.enabled, self.task)
-        self.valid_examples = self._read(config.data.valid, False, self.task)[0] if config.data.valid else []
+        self.valid_examples, self.valid_manifest_errors = [], 0
+        if config.data.valid:
+            self.valid_examples, self.valid_manifest_errors = self._read(config.data.valid, False, self.task)
         lengths = [self.task.length(e) for e in self.train_examples]
         self.sampler = BucketBatchSampler(lengths, config.data.batch_size, config.data.max_batch_examples,
                                           shuffle=True, seed=trainer.seed, rank=self.rank, world_size=self.world,
@@ -366,7 +368,7 @@ class Trainer:
             self.optimizer, lambda step: lr_factor(step, self.total_steps, trainer))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": [], "bad_examples": 0,
-                      "nonfinite_in_row": 0, "skipped_steps": 0, "world_size": self.world,
+                      "bad_examples_in_epoch": 0, "nonfinite_in_row": 0, "skipped_steps": 0, "world_size": self.world,
                       "sharded": self.sharded}
         if self.resume_from is not None:
             self._load_state(self.resume_from, *saved_state)
@@ -538,6 +540,7 @@ class Trainer:
             [float(examples), float(bad_examples), float(self.stop_signal is not None)], self.device)
         self.stop_everywhere = stop > 0
         self.state["bad_examples"] += int(bad_examples)
+        self.state["bad_examples_in_epoch"] += int(bad_examples)
         limit = self.config.data.max_bad_examples
         if self.state["bad_examples"] + self.manifest_errors > limit:
             raise TrainingError(f"{self.state['bad_examples'] + self.manifest_errors} unreadable examples, "
@@ -579,6 +582,8 @@ class Trainer:
         Returns True when stopped by a signal (a checkpoint must then be saved)."""
         config = self.config.trainer
         epoch = self.state["epoch"]
+        if self.state["batch_in_epoch"] == 0:
+            self.state["bad_examples_in_epoch"] = 0
         self.sampler.set_epoch(epoch, self.state["batch_in_epoch"])
         self.data_generator.manual_seed(config.seed * 100003 + epoch)
         self.model.train()
@@ -610,7 +615,19 @@ class Trainer:
                 return True
             if self.state["step"] >= self.total_steps:
                 break
+        self._log_skipped()
         return False
+
+    def _log_skipped(self) -> None:
+        """One line at the end of an epoch once any example was skipped: those of this epoch, on all
+        ranks, and the run's total that ``data.max_bad_examples`` limits (bad manifest lines too)."""
+        in_run = self.state["bad_examples"] + self.manifest_errors
+        if not in_run:
+            return
+        lines = f", {self.manifest_errors} of them bad manifest lines" if self.manifest_errors else ""
+        self.log_message(f"epoch {self.state['epoch'] + 1}: skipped {self.state['bad_examples_in_epoch']} "
+                         f"unreadable examples ({in_run} in all{lines}; limit "
+                         f"data.max_bad_examples={self.config.data.max_bad_examples})")
 
     def _log_training(self, bar) -> None:
         loss_sum, examples, correct, tokens = all_reduce_sum(self.running.tolist(), self.device)
@@ -626,7 +643,9 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float | None:
         """Loss, accuracy and the task's metric on ``data.valid``, each rank scoring its share and
-        the sums and hypotheses gathered; the weights scored are the EMA's when there is one."""
+        the sums and hypotheses gathered; the weights scored are the EMA's when there is one.
+        An unreadable example is left out and logged (``skipped: FILE:LINE: reason``); the summary
+        line counts them with the manifest's bad lines as ``skipped=N``."""
         if not self.valid_examples:
             return None
         model = self.ema.model if self.ema is not None else self.model
@@ -641,9 +660,12 @@ class Trainer:
         metric_name = self.config.trainer.val_metric
         decode = metric_name not in ("loss", "accuracy")
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, examples, correct, tokens
-        references, hypotheses = [], []
+        references, hypotheses, unreadable = [], [], 0
         with full_weights(model) if self.sharded else nullcontext():
             for batch in tqdm(loader, desc="valid", disable=not self.is_main, leave=False):
+                for error in batch["errors"]:
+                    self.warn(f"skipped: {error}")
+                unreadable += len(batch["errors"])
                 if not batch["size"]:
                     continue
                 batch = _to_device(batch, self.device)
@@ -656,7 +678,7 @@ class Trainer:
                 if decode:
                     hypotheses += model.decode_texts(batch, beam_size=self.config.trainer.val_beam_size)
                     references += batch["references"]
-        loss_sum, examples, correct, tokens = all_reduce_sum(sums.tolist(), self.device)
+        loss_sum, examples, correct, tokens, unreadable = all_reduce_sum(sums.tolist() + [unreadable], self.device)
         loss, accuracy = loss_sum / max(examples, 1), correct / max(tokens, 1)
         metrics = {"loss": loss, "accuracy": accuracy}
         if decode:
@@ -671,6 +693,9 @@ class Trainer:
                                   f"{self.task.name!r}: {', '.join(metrics)}")
         metric = metrics[metric_name]
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        skipped = int(unreadable) + self.valid_manifest_errors
+        if skipped:
+            summary += f" skipped={skipped}"
         self.log_message(f"epoch {self.state['epoch'] + 1} valid: {summary}")
         self.log_row({"split": "valid", "epoch": self.state["epoch"] + 1, "step": self.state["step"],
                       "loss": round(loss, 4), "accuracy": round(accuracy, 4), "metric": metric})

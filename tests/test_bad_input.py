@@ -585,14 +585,36 @@ def test_training_skips_and_counts_bad_examples(tmp_path, capfd):
     assert best is None or best.exists()
 
 
-@pytest.mark.xfail(strict=False, reason="train.py has no end-of-epoch summary of skipped examples yet "
-                                        "(reported to the trainer's owner)")
 def test_training_summarises_skipped_examples_at_the_end_of_each_epoch(tmp_path, capfd):
     manifest, bad = _training_corpus(tmp_path)
-    _train(manifest, tmp_path / "out", "data.max_bad_examples=1000", "trainer.max_epochs=1")
+    _train(manifest, tmp_path / "out", "data.max_bad_examples=1000", "trainer.max_epochs=2")
     err = capfd.readouterr().err
     unreadable = bad - len(BAD_SPEECH_LINES)  # lines that parse, but whose example cannot be used
-    assert re.search(rf"epoch 1\b[^\n]*skipped[^\n]*\b({unreadable}|{bad})\b", err), err[-2000:]
+    for epoch in (1, 2):  # every epoch meets the unreadable ones again; the run's total grows
+        assert (f"epoch {epoch}: skipped {unreadable} unreadable examples ({len(BAD_SPEECH_LINES) + epoch * unreadable} "
+                f"in all, {len(BAD_SPEECH_LINES)} of them bad manifest lines; limit data.max_bad_examples=1000)"
+                in err), err[-2000:]
+
+
+def test_validation_names_and_counts_its_unreadable_examples(tmp_path, capfd):
+    """Validation leaves out an unreadable example with a ``skipped: FILE:LINE: reason`` line and
+    counts it, with the manifest's bad lines, as ``skipped=N`` in its summary."""
+    train_manifest = write_speech_corpus(tmp_path / "train", 12)
+    valid = write_speech_corpus(tmp_path / "valid", 6, seed=1, name="valid.jsonl")
+    wav = tmp_path / "valid" / "wav"
+    (wav / "broken.wav").write_text("broken")
+    _nan(wav / "nan.wav")
+    lines = [json.dumps({"audio": f"wav/{name}", "text": "red cat"}) for name in ("broken.wav", "nan.wav")]
+    valid.write_text(valid.read_text() + "\n".join(lines) + "\n{not json\n")  # lines 7, 8, 9
+    capfd.readouterr()
+    _train(train_manifest, tmp_path / "out", f"data.valid={valid}", "trainer.max_epochs=1",
+           "trainer.val_metric=loss")
+    err = capfd.readouterr().err
+    # broken.wav is found when durations are read; nan.wav only when validation loads it
+    assert re.search(rf"skipped: {re.escape(str(valid))}:7: cannot read audio \S*broken.wav", err), err[-2000:]
+    assert re.search(rf"skipped: {re.escape(str(valid))}:8: \S*nan.wav: audio holds NaN", err)
+    assert f"skipped: {valid}:9: not valid JSON" in err
+    assert re.search(r"epoch 1 valid: loss=\S+ accuracy=\S+ skipped=3\n", err), err[-2000:]
 
 
 def test_training_stops_with_a_clear_error_past_the_limit(tmp_path):
