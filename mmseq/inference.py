@@ -95,12 +95,54 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
     yield from flush()
 
 
-def decode_sources(model, sources, batch_size: int = 16, **options) -> list[str]:
-    """Texts for all sources in input order; raises the first :class:`InputError` met."""
+class UnreadableInputsError(InputError):
+    """Some inputs of ``transcribe`` / ``caption`` / ``translate`` could not be read; raised once
+    every other input was decoded, so nothing is lost.
+
+    ``results``: one entry per input, in input order: its text, or the :class:`InputError` of an
+    input that could not be read. ``errors``: ``{index: InputError}`` of the bad ones. The message
+    is the bad input's own one-line error (naming its file), or, for several, all of them in one
+    line.
+    """
+
+    def __init__(self, message: str, results: list, errors: dict[int, InputError]):
+        super().__init__(message)
+        self.results, self.errors = results, errors
+
+
+def decode_sources(model, sources, batch_size: int = 16, errors: str = "raise",
+                   **options) -> list[str] | list[str | InputError]:
+    """Texts for all sources, in input order (what ``model.transcribe`` / ``caption`` /
+    ``translate`` return). Every readable input is decoded, whatever the others hold.
+
+    ``errors`` says what an unreadable input (a missing, empty or corrupt file, a NaN waveform)
+    does:
+
+    - ``"raise"`` (default): the list is ``list[str]``, as when every input reads; if some cannot
+      be read, an :class:`UnreadableInputsError` (an :class:`InputError`) naming them is raised
+      after the others were decoded, and its ``.results`` holds every text.
+    - ``"report"``: no exception; the list holds, in a bad input's place, its :class:`InputError`
+      (like ``asyncio.gather(..., return_exceptions=True)``).
+
+    >>> texts = model.transcribe(["a.wav", "broken.wav", "c.wav"], errors="report")
+    >>> [t if isinstance(t, str) else f"failed: {t}" for t in texts]  # doctest: +SKIP
+    ['red cat', 'failed: broken.wav: cannot read audio (...)', 'blue dog']
+    """
+    if errors not in ("raise", "report"):
+        raise ValueError(f"errors={errors!r}: must be 'raise' or 'report'")
     sources = list(sources)
-    results: list[str | None] = [None] * len(sources)
+    results: list[str | InputError | None] = [None] * len(sources)
+    failed: dict[int, InputError] = {}
     for index, result in iter_decode(model, sources, batch_size, **options):
-        if isinstance(result, InputError):
-            raise result
         results[index] = result
+        if isinstance(result, InputError):
+            failed[index] = result
+    if failed and errors == "raise":
+        bad = [failed[index] for index in sorted(failed)]
+        message = str(bad[0]) if len(bad) == 1 else (
+            f"{len(bad)} of {len(sources)} inputs cannot be read: " + "; ".join(map(str, bad[:5]))
+            + (f"; and {len(bad) - 5} more" if len(bad) > 5 else ""))
+        if len(bad) < len(sources):
+            message += " (the other inputs' texts are in this error's .results)"
+        raise UnreadableInputsError(message, results, failed)
     return results

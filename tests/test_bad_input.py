@@ -236,6 +236,60 @@ def test_bad_audio_among_good_loses_no_result(speech_model, tmp_path):
             assert isinstance(result, str)
 
 
+def _good_and_bad_audio(tmp_path) -> tuple[list[Path], dict[int, Path]]:
+    """Eight good WAVs of 1000, 2000, ... samples with three bad files among them (the middle
+    and the end); returns the sources and ``{index: bad path}``."""
+    sources = []
+    for i in range(8):
+        sources.append(tmp_path / f"good{i}.wav")
+        soundfile.write(sources[-1], sine(1000 * (i + 1) / RATE, RATE, 300.0), RATE)
+    (tmp_path / "broken.wav").write_text("broken")
+    _nan(tmp_path / "nan.wav")
+    bad = {3: tmp_path / "broken.wav", 6: tmp_path / "gone.wav", 10: tmp_path / "nan.wav"}
+    for index, path in bad.items():
+        sources.insert(index, path)
+    return sources, bad
+
+
+def _texts_name_lengths(model, monkeypatch):
+    """Make each decoded text the input's length in samples, so the order of results shows."""
+    monkeypatch.setattr(model, "decode_texts", lambda batch, **options: [str(int(n)) for n in batch["lengths"]])
+
+
+def test_transcribe_reports_bad_files_and_keeps_every_other_text_in_order(speech_model, tmp_path, monkeypatch):
+    """The Python API: ``errors="report"`` returns every good file's text in its place and the
+    bad file's InputError in its; the default raises, naming each bad file, with every text kept."""
+    from mmseq.inference import UnreadableInputsError
+
+    sources, bad = _good_and_bad_audio(tmp_path)
+    _texts_name_lengths(speech_model, monkeypatch)
+    expected = [str(1000 * (i + 1)) for i in range(8)]
+    results = speech_model.transcribe(sources, batch_size=3, errors="report")
+    assert len(results) == len(sources)
+    assert [r for i, r in enumerate(results) if i not in bad] == expected
+    for index, path in bad.items():
+        assert isinstance(results[index], InputError) and one_line_naming(results[index], path)
+
+    with pytest.raises(InputError) as caught:
+        speech_model.transcribe(sources, batch_size=3)
+    error = caught.value
+    assert isinstance(error, UnreadableInputsError) and one_line_naming(error, *bad.values())
+    assert "3 of 11 inputs cannot be read" in str(error)
+    assert [str(r) for r in error.results] == [str(r) for r in results] and sorted(error.errors) == sorted(bad)
+    assert speech_model.transcribe(sources[:3], batch_size=3) == expected[:3]  # all good: plain texts
+    with pytest.raises(ValueError, match="errors='ignore'"):
+        speech_model.transcribe(sources, errors="ignore")
+
+
+def test_transcribe_of_good_files_is_unchanged_by_bad_ones_among_them(speech_model, tmp_path):
+    """The real model: the good files' texts are those of the good files decoded alone."""
+    sources, bad = _good_and_bad_audio(tmp_path)
+    good = [path for i, path in enumerate(sources) if i not in bad]
+    results = speech_model.transcribe(sources, batch_size=4, errors="report", **FAST)
+    assert [r for i, r in enumerate(results) if i not in bad] == speech_model.transcribe(good, batch_size=4, **FAST)
+    assert all(isinstance(results[i], InputError) for i in bad)
+
+
 def test_silent_audio_is_transcribed_but_skipped_in_training(speech_model, tmp_path):
     path = tmp_path / "silent.wav"
     _silent(path)
@@ -403,6 +457,27 @@ def test_bad_images_among_good_lose_no_result(caption_model, tmp_path):
         assert isinstance(result, InputError if index in bad else str)
         if index in bad:
             assert one_line_naming(result, bad[index])
+
+
+def test_caption_reports_a_bad_image_among_good_ones(caption_model, tmp_path):
+    """``caption([...])``: a truncated image in the middle of good ones is named; the good
+    images' captions are those they get alone, in input order."""
+    from mmseq.inference import UnreadableInputsError
+
+    good = []
+    for i in range(4):
+        good.append(tmp_path / f"good{i}.png")
+        _picture(20 + 10 * i, 30).save(good[-1])
+    broken = tmp_path / "cut.jpg"
+    _cut(".jpg", 0.5)(broken)
+    sources = good[:2] + [broken] + good[2:]
+    alone = caption_model.caption(good, batch_size=2, **FAST)
+    results = caption_model.caption(sources, batch_size=2, errors="report", **FAST)
+    assert results[:2] + results[3:] == alone
+    assert isinstance(results[2], InputError) and one_line_naming(results[2], broken)
+    with pytest.raises(UnreadableInputsError) as caught:
+        caption_model.caption(sources, batch_size=2, **FAST)
+    assert one_line_naming(caught.value, broken) and caught.value.results[:2] + caught.value.results[3:] == alone
 
 
 # ---------------------------------------------------------------------------------------------
