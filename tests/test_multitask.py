@@ -182,3 +182,70 @@ def test_train_then_eval_each_task_and_the_mix(tokenizer, mixed_manifest, tmp_pa
     assert main(["eval", str(tmp_path / "out" / "best"), str(numbers), "--out", str(tmp_path / "eval-text")]) == 0
     metrics = json.loads((tmp_path / "eval-text" / "metrics.json").read_text())
     assert {"bleu", "chrf", "exact"} <= set(metrics) and metrics["examples"] == 4
+
+
+def test_caption_task_shares_one_encoder_pass_per_image(tmp_path):
+    """In a multitask model too, an image's captions are one training example (its encoder runs
+    once), the batch budget counts captions, and the loss equals that of one row per pair."""
+    from caption_helpers import COLORS, TINY_IMAGE_ENCODER, captions_of, write_caption_corpus
+
+    write_caption_corpus(tmp_path)  # images under tmp_path/img, paths relative to the manifest
+    lines = (tmp_path / "train.jsonl").read_text().splitlines()
+    lines += [json.dumps({"id": s, "source": s, "text": t}) for s, t in NUMBERS]
+    manifest = tmp_path / "mixed.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    tokenizer = CharTokenizer.train([c for color in COLORS for c in captions_of(color)]
+                                    + [t for _, t in NUMBERS])
+    tasks = {"caption": {"encoder": dict(TINY_IMAGE_ENCODER), "batch_size": 6},
+             "text": {"encoder": dict(TEXT_ENCODER), "batch_size": 16}}
+    model = make_model(tokenizer, tasks).eval()
+    task = model.task
+    examples, errors = task.read(manifest, training=True)
+    assert not errors and sorted(e["task"] for e in examples) == ["caption"] * 4 + ["text"] * 4
+    image = next(e for e in examples if e["task"] == "caption")
+    assert image["texts"] == captions_of(image["id"]) and task.length(image) == pytest.approx(3 / 6)
+
+    dataset = ExampleDataset(task, examples, training=True)
+    batch = task.collate([dataset[i] for i, e in enumerate(examples) if e["task"] == "caption"])
+    assert batch["task"] == "caption" and batch["inputs"].shape[0] == 4 and batch["tokens"].shape[0] == 12
+    assert batch["input_index"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3] and batch["size"] == 12
+    assert (batch["tokens"][:, 1] == tokenizer.token_id("<|caption|>")).all()
+    with torch.no_grad():
+        shared = model(batch)
+        pairs = {**batch, "inputs": batch["inputs"][batch["input_index"]]}
+        del pairs["input_index"]
+        one_per_pair = model(pairs)
+    assert shared["examples"] == 12
+    torch.testing.assert_close(shared["loss_sum"], one_per_pair["loss_sum"], atol=1e-4, rtol=1e-5)
+
+
+def test_recipe_single_task_configs_match_the_multitask_entry(tmp_path):
+    """recipes/multitask/single_task.py: each single-task model of the comparison has its task's
+    encoder, the same decoder, batch budget and trainer, and trains on that task's lines only."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    from mmseq.config import load_config
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "multitask"
+    spec = importlib.util.spec_from_file_location("single_task", recipe / "single_task.py")
+    single_task = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(single_task)
+    multitask = yaml.safe_load((recipe / "config.yaml").read_text())
+    for name, entry in multitask["model"]["tasks"].items():
+        single = single_task.single_task_config(multitask, name, f"exp/single_{name}")
+        assert single["task"] == name and single["output_dir"] == f"exp/single_{name}"
+        assert single["model"]["encoder"] == entry["encoder"] and "tasks" not in single["model"]
+        assert single["model"]["decoder"] == multitask["model"]["decoder"]
+        assert single["model"]["ctc_weight"] == entry.get("ctc_weight", 0.0)
+        assert single["data"]["batch_size"] == entry["batch_size"]
+        assert single["data"]["train"] == f"data/multitask/{name}/train.jsonl"
+        assert single["trainer"] == multitask["trainer"] and single["tokenizer"] == multitask["tokenizer"]
+        assert single["decoding"] == {**multitask["decoding"], **entry.get("decoding", {})}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(single))
+        assert load_config(path).task == name  # a config mmseq train reads
+    with pytest.raises(SystemExit, match="not in model.tasks"):
+        single_task.single_task_config(multitask, "ocr", "exp/x")
