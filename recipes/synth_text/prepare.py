@@ -83,7 +83,7 @@ def draw_numbers(counts: dict[str, int], seed: int, small_repeats: int = 1) -> d
     return splits
 
 
-def write_corpus(out: Path, counts: dict[str, int], seed: int, small_repeats: int = 10) -> None:
+def write_corpus(out: Path, counts: dict[str, int], seed: int, small_repeats: int = 40) -> None:
     settings = {"version": CORPUS_VERSION, "seed": seed, "small_repeats": small_repeats,
                 **{f"num_{k}": v for k, v in counts.items()}}
     settings_file = out / "settings.json"
@@ -110,7 +110,7 @@ def main(argv=None) -> None:
     parser.add_argument("--num-valid", type=int, default=500, help="valid pairs (default: %(default)s)")
     parser.add_argument("--num-test", type=int, default=1000, help="test pairs (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the number draws (default: %(default)s)")
-    parser.add_argument("--small-repeats", type=int, default=10,
+    parser.add_argument("--small-repeats", type=int, default=40,
                         help="times each number below 100 appears in train (default: %(default)s)")
     parser.add_argument("--spell", type=int, metavar="NUMBER", help="print NUMBER in words and exit")
     args = parser.parse_args(argv)
