@@ -217,6 +217,27 @@ def test_bad_audio_is_a_one_line_error_naming_the_file(name, speech_model, tmp_p
     assert one_line_naming(caught.value, path)
 
 
+def test_isolated_reading_turns_a_crash_of_the_audio_library_into_an_input_error(tmp_path, monkeypatch):
+    """``load_audio(isolate=True)`` decodes in a forked child: the same waveform and errors, and a
+    crash inside libsndfile (simulated: the child's reader kills itself with SIGSEGV) becomes an
+    InputError naming the file instead of ending this process."""
+    import os
+    import signal
+
+    from mmseq.data import audio
+
+    path = tmp_path / "a.wav"
+    soundfile.write(path, sine(0.5, 8000), 8000, subtype="FLOAT")
+    assert torch.equal(load_audio(path, RATE, isolate=True), load_audio(path, RATE))
+    (tmp_path / "text.wav").write_text("not audio")
+    with pytest.raises(InputError, match="text.wav: cannot read audio .*Format not recognised"):
+        load_audio(tmp_path / "text.wav", RATE, isolate=True)
+    monkeypatch.setattr(audio, "_read", lambda path: os.kill(os.getpid(), signal.SIGSEGV))
+    with pytest.raises(InputError) as caught:
+        load_audio(path, RATE, isolate=True)
+    assert one_line_naming(caught.value, path) and "crashed: signal 11" in str(caught.value)
+
+
 def test_bad_audio_among_good_loses_no_result(speech_model, tmp_path):
     """Streamed decoding: each bad file is reported at its index, every good one gets its text."""
     sources, bad = [], {}
