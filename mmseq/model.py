@@ -186,6 +186,10 @@ class Seq2Seq(nn.Module):
         return [self.tokenizer.decode(hyps[0].output) if hyps else "" for hyps in self.generate(batch, **options)]
 
     def _run(self, sources, batch_size: int, **options) -> list[str]:
+        """Decode many inputs in length-sorted batches, results in input order. Every readable
+        input is decoded; then a bad one raises :class:`mmseq.inference.UnreadableInputsError`
+        (its ``.results`` keep the others), or with ``errors="report"`` its error takes its place.
+        See :func:`mmseq.inference.decode_sources`."""
         from .inference import decode_sources
 
         return decode_sources(self, sources, batch_size=batch_size, **options)
