@@ -1,4 +1,4 @@
-"""The captioning task: one training example per reference, evaluation against all of them,
+"""The captioning task: one example per image with all its references, evaluation against all of them,
 batches, bad endings given as words, and `mmseq eval` on a caption checkpoint."""
 
 import json
@@ -68,6 +68,17 @@ def test_captions_sharing_one_encoder_pass_give_the_loss_of_separate_pairs(model
     separate, together = model(pairs), model(shared)
     torch.testing.assert_close(together["loss_sum"], separate["loss_sum"])
     assert together["examples"] == separate["examples"] == 3 and together["tokens"] == separate["tokens"]
+
+
+def test_a_caption_longer_than_the_decoder_drops_only_itself_in_training(model, corpus):
+    examples, _ = model.task.read(corpus, training=True)
+    limit = model.task.max_tokens
+    too_long = "red " * limit
+    example = {**examples[0], "texts": [examples[0]["texts"][0], too_long, examples[0]["texts"][2]]}
+    item = ExampleDataset(model.task, [example], training=True)[0]
+    assert [model.tokenizer.decode(t[2:-1]) for t in item["tokens"]] == [example["texts"][0], example["texts"][2]]
+    alone = ExampleDataset(model.task, [{**example, "texts": [too_long]}], training=True)[0]
+    assert "longer than the decoder's limit" in alone["error"]
 
 
 def test_bad_ending_words_ban_the_end_only_after_the_whole_word():

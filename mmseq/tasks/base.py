@@ -117,11 +117,15 @@ class ExampleDataset(Dataset):
         longest = max(map(len, item["tokens"]))
         if longest > self.task.max_tokens:
             if self.training:
-                return {"error": f"{example['_where']}: text of {longest} tokens is longer than "
-                                 f"the decoder's limit {self.task.max_tokens}"}
-            # Evaluation scores the decoded text against the whole reference; only the targets of
-            # the validation loss are cut to what the decoder can hold.
-            item["tokens"] = [tokens[: self.task.max_tokens] for tokens in item["tokens"]]
+                # Learn the texts that fit (an image's other captions); skip the example when none does.
+                item["tokens"] = [tokens for tokens in item["tokens"] if len(tokens) <= self.task.max_tokens]
+                if not item["tokens"]:
+                    return {"error": f"{example['_where']}: text of {longest} tokens is longer than "
+                                     f"the decoder's limit {self.task.max_tokens}"}
+            else:
+                # Evaluation scores the decoded text against the whole reference; only the targets of
+                # the validation loss are cut to what the decoder can hold.
+                item["tokens"] = [tokens[: self.task.max_tokens] for tokens in item["tokens"]]
         item.update(id=example["id"], references=example["references"])
         return item
 
