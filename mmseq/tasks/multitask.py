@@ -4,7 +4,7 @@ by its task token (``<|asr|>``, ``<|caption|>``, ``<|text|>``), as prompt-traine
 A multitask manifest holds the lines of several tasks' manifests (the per-task files concatenated
 will do). A line names its task with a ``"task"`` field, or, without one, its task is the one whose
 input field it has: ``"audio"`` for ``asr``, ``"image"`` for ``caption``, ``"source"`` for ``text``.
-Each task reads its own lines by its own rules (audio durations, one training example per caption).
+Each task reads its own lines by its own rules (audio durations, an image with all its captions).
 
 Batches never mix tasks: :meth:`MultiTask.group` keeps each task's examples apart when batches are
 made (``bucket_batches(..., groups=...)``); a batch is collated by its task and carries
