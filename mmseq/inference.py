@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 import torch
 
 from .errors import InputError
-from .longform import LongformOptions, Window, continuation_prompt, join_texts, split_audio
+from .longform import LongformOptions, Window, continuation_prompt, decode_windows, split_audio
 
 
 def _length(x: torch.Tensor) -> int:
@@ -62,19 +62,13 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
     pending: list[tuple[int, torch.Tensor, list[Window]]] = []
     held = 0
 
+    def decode(pieces, prompts):
+        return decode_batched(model, pieces, prompts, batch_size, task, **options)
+
     def flush():
-        inputs, prompts, owners = [], [], []
-        for index, x, plan in pending:
-            whole = len(plan) == 1
-            for k, window in enumerate(plan):
-                inputs.append(x if whole else x[window.start:window.end])
-                prompts.append(prompt if k == 0 else later_prompt)
-                owners.append(index)
-        texts = decode_batched(model, inputs, prompts, batch_size, task, **options)
-        position = 0
-        for index, _, plan in pending:
-            yield index, join_texts(texts[position:position + len(plan)], plan)
-            position += len(plan)
+        texts = decode_windows([x for _, x, _ in pending], [plan for _, _, plan in pending], prompt,
+                               later_prompt, decode)
+        yield from zip([index for index, _, _ in pending], texts)
         pending.clear()
 
     for index, source in enumerate(sources):

@@ -224,6 +224,20 @@ def continuation_prompt(tokenizer, prompt) -> list[int]:
     return [i for i in ids if i < len(tokenizer.special_tokens)]
 
 
+def decode_windows(recordings: list, plans: list[list[Window]], prompt, later_prompt, decode) -> list[str]:
+    """One text per recording: every window of every recording goes to one call of
+    ``decode(pieces, prompts) -> texts`` (the first window of each with ``prompt``, the others with
+    ``later_prompt``), then each recording's texts are joined. A recording of one window is
+    passed whole (it may be any input, an image too)."""
+    pieces, prompts = [], []
+    for recording, plan in zip(recordings, plans):
+        for k, window in enumerate(plan):
+            pieces.append(recording if len(plan) == 1 else recording[window.start:window.end])
+            prompts.append(prompt if k == 0 else later_prompt)
+    texts = iter(decode(pieces, prompts))
+    return [join_texts([next(texts) for _ in plan], plan) for plan in plans]
+
+
 def decode_long(model, waveforms: list[torch.Tensor], options: LongformOptions | None = None,
                 batch_size: int = 16, prompt=None, decode=None, **decoding) -> list[str]:
     """Texts of recordings ``(samples,)`` of any length, at the model's sample rate: every window
@@ -237,18 +251,7 @@ def decode_long(model, waveforms: list[torch.Tensor], options: LongformOptions |
 
     options = options or LongformOptions()
     plans = [split_audio(w, model.encoder.sample_rate, options, model) for w in waveforms]
-    later = continuation_prompt(model.tokenizer, prompt)
-    pieces, prompts, owners = [], [], []
-    for i, (waveform, plan) in enumerate(zip(waveforms, plans)):
-        for k, window in enumerate(plan):
-            pieces.append(waveform[window.start:window.end])
-            prompts.append(prompt if k == 0 else later)
-            owners.append((i, k))
     if decode is None:
-        texts = decode_batched(model, pieces, prompts, batch_size, **decoding)
-    else:
-        texts = decode(pieces, prompts)
-    by_recording = [[""] * len(plan) for plan in plans]
-    for (i, k), text in zip(owners, texts):
-        by_recording[i][k] = text
-    return [join_texts(t, plan) for t, plan in zip(by_recording, plans)]
+        def decode(pieces, prompts):
+            return decode_batched(model, pieces, prompts, batch_size, **decoding)
+    return decode_windows(waveforms, plans, prompt, continuation_prompt(model.tokenizer, prompt), decode)
