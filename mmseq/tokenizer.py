@@ -142,9 +142,12 @@ class SentencePieceTokenizer(Tokenizer):
 
         super().__init__(prompt_tokens)
         self.model_file = str(model_file)
+        # The model's bytes are kept, not its path: a checkpoint the tokenizer was loaded from may
+        # be deleted (keep-best rotation) while training goes on and saves new ones.
+        self.model_proto = read_model_file(model_file)
         try:
-            self.processor = sentencepiece.SentencePieceProcessor(model_file=self.model_file)
-        except (OSError, RuntimeError) as error:
+            self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+        except (OSError, RuntimeError, TypeError) as error:
             raise TokenizerError(f"{model_file}: not a sentencepiece model ({error})") from None
         for token, i in self._special_ids.items():
             if self.processor.piece_to_id(token) != i:
@@ -187,9 +190,27 @@ class SentencePieceTokenizer(Tokenizer):
         return {"type": "sentencepiece", "model_file": self.file_name, "prompt_tokens": self.prompt_tokens}
 
     def save(self, folder: str | Path) -> None:
-        target = Path(folder) / self.file_name
-        if Path(self.model_file).resolve() != target.resolve():
-            shutil.copyfile(self.model_file, target)
+        (Path(folder) / self.file_name).write_bytes(self.model_proto)
+
+
+MAX_MODEL_BYTES = 64 * 2**20  # sentencepiece models of 100k pieces are a few MB
+
+
+def read_model_file(path: str | Path) -> bytes:
+    """The bytes of a tokenizer model file; a :class:`TokenizerError` for a missing file, one that is
+    not a regular file (a FIFO would block, a device never end) or one larger than any real model."""
+    import stat
+
+    try:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise TokenizerError(f"{path}: not a regular file")
+            if info.st_size > MAX_MODEL_BYTES:
+                raise TokenizerError(f"{path}: {info.st_size} bytes, larger than any tokenizer model")
+            return file.read(MAX_MODEL_BYTES + 1)
+    except OSError as error:
+        raise TokenizerError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 def build_tokenizer(config: dict, folder: str | Path | None = None) -> Tokenizer:
