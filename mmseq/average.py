@@ -7,20 +7,18 @@ Averaging the last few checkpoints of a run is a cheap, reliable gain for sequen
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, list_checkpoints, ranked_checkpoints, read_config, read_weights
 from .errors import CheckpointError, ConfigError
-from .model import CONFIG_FILE, WEIGHTS_FILE, load
+from .model import load
 
 
 def select_checkpoints(run: str | Path, last: int | None = None, best: int | None = None) -> list[Path]:
     """Checkpoint folders of a training output folder: its ``last`` newest, or its ``best`` best
     (as the trainer ranked them; it keeps ``trainer.keep_best`` of them)."""
-    from .train import STATE_JSON, list_checkpoints
-
     run = Path(run)
     folders = list_checkpoints(run)
     if not folders:
@@ -36,9 +34,7 @@ def select_checkpoints(run: str | Path, last: int | None = None, best: int | Non
             raise CheckpointError(f"{run}: only {len(chosen)} checkpoints kept, {last} asked for "
                                   "(raise trainer.keep_last to keep more)")
         return chosen
-    ranked = json.loads((folders[-1] / STATE_JSON).read_text()).get("best", [])
-    chosen = [run / "checkpoints" / name for _, name in ranked[:best]]
-    chosen = [folder for folder in chosen if folder.is_dir()]
+    chosen = ranked_checkpoints(run)[:best]
     if len(chosen) < best:
         raise CheckpointError(f"{run}: only {len(chosen)} ranked checkpoints kept, {best} asked for "
                               "(raise trainer.keep_best to keep more)")
@@ -49,16 +45,12 @@ def average_checkpoints(folders: list[str | Path], out: str | Path) -> Path:
     """Write the element-wise mean of ``folders``' weights (accumulated in float64) as a checkpoint
     folder ``out`` with the first folder's config and tokenizer. Integer buffers are taken from the
     last folder. The checkpoints must come from the same model (same config and tokenizer)."""
-    from safetensors.torch import load_file
-
     folders = [Path(folder) for folder in folders]
     if not folders:
         raise ConfigError("no checkpoints to average")
     configs = []
     for folder in folders:
-        if not (folder / WEIGHTS_FILE).is_file():
-            raise CheckpointError(f"{folder}: not a checkpoint folder (no {WEIGHTS_FILE})")
-        config = json.loads((folder / CONFIG_FILE).read_text())
+        config = read_config(folder)
         configs.append({key: config.get(key) for key in ("task", "model", "tokenizer")})
     for folder, config in zip(folders[1:], configs[1:]):
         if config != configs[0]:
@@ -66,8 +58,9 @@ def average_checkpoints(folders: list[str | Path], out: str | Path) -> Path:
                                   "only checkpoints of one run can be averaged")
     total = None
     for folder in folders:
-        weights = load_file(str(folder / WEIGHTS_FILE))
+        weights = read_weights(folder / WEIGHTS_FILE)
         if total is None:
+            dtypes = {name: value.dtype for name, value in weights.items()}
             total = {name: value.double() if value.is_floating_point() else value for name, value in weights.items()}
             continue
         if weights.keys() != total.keys():
@@ -75,9 +68,8 @@ def average_checkpoints(folders: list[str | Path], out: str | Path) -> Path:
         for name, value in weights.items():
             total[name] = total[name] + value.double() if value.is_floating_point() else value
     model = load(folders[0])
-    reference = model.state_dict()
-    averaged = {name: (value / len(folders)).to(reference[name].dtype) if value.is_floating_point() else value
+    averaged = {name: (value / len(folders)).to(dtypes[name]) if value.is_floating_point() else value
                 for name, value in total.items()}
-    model.load_state_dict(averaged)
+    model.load_state_dict(averaged)  # (weights of checkpoints older than the route table are renamed here)
     with torch.no_grad():
         return model.save(out)

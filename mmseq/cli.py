@@ -1,9 +1,8 @@
-"""The ``mmseq`` command: train, eval, transcribe, caption, encoders."""
+"""The ``mmseq`` command: train, eval, transcribe, caption, translate, average, encoders."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,8 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm", metavar="CHECKPOINT", help="language model (task 'lm') for shallow fusion")
     parser.add_argument("--lm-weight", type=float, help="weight of the language model (default 0.3 with --lm)")
     parser.add_argument("--prompt", help="prompt tokens and/or text prefix, e.g. '<|short|> a photo of'")
+    parser.add_argument("--task", help="the task (route) of a model that serves several, e.g. asr or caption "
+                                       "(needed only when the input does not say)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
 
 
@@ -73,7 +74,7 @@ def command_eval(args) -> int:
     from .evaluate import evaluate
     model = _load(args)
     out = args.out or Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
-    metrics = evaluate(model, args.manifest, out, batch_size=args.batch_size, prompt=args.prompt,
+    metrics = evaluate(model, args.manifest, out, batch_size=args.batch_size, prompt=args.prompt, task=args.task,
                        **_options(args))
     width = max(map(len, metrics))
     for name, value in metrics.items():
@@ -83,26 +84,51 @@ def command_eval(args) -> int:
     return 0
 
 
+KINDS = {"transcribe": "asr", "caption": "caption", "translate": "text"}
+
+
+def _text_lines(paths: list[str]) -> list[str]:
+    """The lines of text files (``-``: standard input), one input each."""
+    from .errors import InputError
+    lines = []
+    for path in paths:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"{path}: cannot read text ({getattr(error, 'strerror', None) or error})") from None
+        lines += text.splitlines()
+    return lines
+
+
 def _decode_files(args) -> int:
     from .inference import iter_decode
     from .errors import InputError
     model = _load(args)
+    route = model.route(args.task, KINDS[args.command])
+    if args.command == "translate":
+        args.inputs = _text_lines(args.inputs)
     failures = 0
     results = {}
-    for index, result in iter_decode(model, args.inputs, args.batch_size, prompt=args.prompt, **_options(args)):
+    for index, result in iter_decode(model, args.inputs, args.batch_size, prompt=args.prompt, task=route.name,
+                                     **_options(args)):
         if isinstance(result, InputError):
             print(f"mmseq: error: {result}", file=sys.stderr)
             failures += 1
         else:
             results[index] = result
+            if args.command == "translate":
+                continue  # one output line per input line, in order, below
             if len(args.inputs) == 1 or not args.ordered:
                 print(f"{args.inputs[index]}\t{result}" if len(args.inputs) > 1 else result, flush=True)
-    if args.ordered and len(args.inputs) > 1:
+    if args.command == "translate":
+        for index in range(len(args.inputs)):
+            print(results.get(index, ""))
+    elif args.ordered and len(args.inputs) > 1:
         for index in sorted(results):
             print(f"{args.inputs[index]}\t{results[index]}")
     if getattr(args, "attention", None):
         from .plots import plot_attention
-        plot_attention(model, args.inputs[0], args.attention, prompt=args.prompt)
+        plot_attention(model, args.inputs[0], args.attention, prompt=args.prompt, task=route.name)
         print(f"attention plot: {args.attention}", file=sys.stderr)
     return 1 if failures else 0
 
@@ -146,11 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     _decoding_arguments(p)
     p.set_defaults(run=command_eval)
 
-    for name, noun in (("transcribe", "audio"), ("caption", "image")):
-        p = commands.add_parser(name, help=f"print one {'transcript' if name == 'transcribe' else 'caption'} "
-                                           f"per {noun} file")
+    for name, help_text, metavar in (("transcribe", "print one transcript per audio file", "AUDIO"),
+                                     ("caption", "print one caption per image file", "IMAGE"),
+                                     ("translate", "one output line per line of the text files ('-': standard input)",
+                                      "TEXT_FILE")):
+        p = commands.add_parser(name, help=help_text)
         p.add_argument("checkpoint")
-        p.add_argument("inputs", nargs="+", metavar=noun.upper())
+        p.add_argument("inputs", nargs="+", metavar=metavar)
         p.add_argument("--attention", metavar="PNG", help="draw the decoder's cross-attention for the first input")
         p.add_argument("--ordered", action="store_true", help="print results in input order at the end")
         if name == "transcribe":

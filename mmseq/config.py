@@ -54,7 +54,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model
     keep_best: int = 3  # checkpoints kept by validation metric (the latest is always kept too)
     keep_last: int = 1  # most recent checkpoints kept (raise it to average the last N)
-    val_metric: str = "loss"  # "loss", "accuracy", or the task's metric ("wer", "CIDEr", "bleu")
+    val_metric: str = "loss"  # "loss", "accuracy", a task's metric ("wer", "CIDEr"; "caption/CIDEr" with model.tasks)
     val_beam_size: int = 1  # beam for the task metric during validation
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: end of epoch only)
     log_every: int = 25
@@ -66,7 +66,7 @@ class TrainerConfig:
 
 @dataclass
 class Config:
-    task: str = "asr"
+    task: str | None = None  # the one task of model.encoder (default asr); leave out with model.tasks
     output_dir: str = "exp/run"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -28,3 +28,7 @@ class ConfigError(MmseqError, ValueError):
 
 class TokenizerError(MmseqError, ValueError):
     """Text the tokenizer cannot encode, or ids it cannot decode."""
+
+
+class TrainingError(MmseqError, RuntimeError):
+    """Training cannot go on (too many bad examples, non-finite losses, a locked folder)."""

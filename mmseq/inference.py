@@ -22,7 +22,7 @@ def decode_batched(model, inputs: list[torch.Tensor], prompts: list, batch_size:
     """Texts of loaded inputs, in their order. Inputs with the same prompt and similar lengths
     share a batch (``batch_size`` inputs at most); ``options`` go to ``model.decode_texts``.
     ``task``: the :class:`Task` the inputs belong to (default: the model's)."""
-    task = task or model.task
+    task = task or model.route().task
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
         groups.setdefault(repr(prompt), []).append(i)
@@ -54,7 +54,7 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
     ``task`` names the task of a multitask model ("asr", "caption", "text"); a single-task model
     needs none.
     """
-    task = model.task_for(task)
+    task = model.route(task).task
     longform = longform or LongformOptions(window=window, split=split, segment_pause=segment_pause)
     window = longform.window
     sample_rate = getattr(task.encoder, "sample_rate", None)
@@ -78,7 +78,7 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
             yield index, error
             continue
         if sample_rate and x.dim() == 1 and len(x) > window * sample_rate:
-            plan = split_audio(x, sample_rate, longform, model)
+            plan = split_audio(x, sample_rate, longform, model, task.name)
         else:
             plan = [Window(0, _length(x))]
         pending.append((index, x, plan))
@@ -87,6 +87,23 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
             yield from flush()
             held = 0
     yield from flush()
+
+
+def decode_long(model, waveforms: list[torch.Tensor], options: LongformOptions | None = None,
+                batch_size: int = 16, prompt=None, decode=None, task: str | None = None, **decoding) -> list[str]:
+    """Texts of recordings ``(samples,)`` of any length, at the model's sample rate: every window
+    of every recording is decoded in batches of similar length, then each recording's texts are
+    joined.
+
+    ``decode(pieces, prompts) -> texts`` may replace the model's batched decoding (tests use a fake
+    one); by default it is :func:`mmseq.inference.decode_batched` with ``decoding`` options.
+    """
+    options = options or LongformOptions()
+    plans = [split_audio(w, model.route(task, "asr").encoder.sample_rate, options, model, task) for w in waveforms]
+    if decode is None:
+        def decode(pieces, prompts):
+            return decode_batched(model, pieces, prompts, batch_size, model.route(task, "asr").task, **decoding)
+    return decode_windows(waveforms, plans, prompt, continuation_prompt(model.tokenizer, prompt), decode)
 
 
 class UnreadableInputsError(InputError):

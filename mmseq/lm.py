@@ -1,9 +1,8 @@
 """A Transformer language model over the decoder's vocabulary, for shallow fusion in beam search.
 
-Trained by the shared trainer as task ``"lm"`` (text manifests, each line's ``text``) with the
-``"null"`` encoder: the model is the ordinary text decoder, and its cross-attention sees one
-constant frame, so it reduces to a learned bias per layer and the network is a decoder-only
-Transformer LM. Train it on the recipe's own text with the recipe's tokenizer settings (so that the
+Trained by the shared trainer as task ``"lm"`` (:mod:`mmseq.tasks.lm`: text manifests, each
+line's ``text``) with the ``"null"`` encoder (:mod:`mmseq.encoders.null`): the model is the
+ordinary text decoder over one constant frame, a decoder-only Transformer LM. Train it on the recipe's own text with the recipe's tokenizer settings (so that the
 ids match the speech model's), e.g. ``mmseq train recipes/synth_speech/lm.yaml``.
 
 Any scorer with the same small interface can be fused (an n-gram model, say):
@@ -25,47 +24,7 @@ import os
 import torch
 
 from .decoder import DecoderCache, TextDecoder
-from .encoders.base import Encoder, register_encoder
 from .errors import ConfigError
-from .tasks.base import Task, register_task
-
-
-@register_encoder("null")
-class NullEncoder(Encoder):
-    """No input: one constant frame per example, for models that only model text (task ``lm``)."""
-
-    modality = "none"
-
-    def __init__(self, dim: int = 1):
-        super().__init__()
-        self.output_dim = dim
-
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None):
-        batch = inputs.shape[0]
-        memory = torch.zeros(batch, 1, self.output_dim, device=inputs.device)
-        return memory, torch.ones(batch, 1, dtype=torch.bool, device=inputs.device)
-
-
-@register_task("lm")
-class LanguageModelling(Task):
-    """Text only: each manifest line's ``text`` is a training sentence; no prompt token."""
-
-    name = "lm"
-    input_field = "text"
-    metric = "loss"
-    higher_is_better = False
-
-    def prompt(self) -> list[int]:
-        return []  # the LM models ``<s> text </s>``; fusion feeds it only a prompt's text part
-
-    def load_input(self, source, training: bool = False) -> torch.Tensor:
-        return torch.zeros(1)
-
-    def collate_inputs(self, inputs):
-        return torch.zeros(len(inputs), 1), None
-
-    def score(self, references, hypotheses) -> dict:
-        return {}
 
 
 def _vocabulary(tokenizer) -> list[str]:
@@ -90,8 +49,9 @@ class LanguageModel:
         from .model import load
 
         model = load(folder, device)
-        if model.task_name != "lm":
-            raise ConfigError(f"{folder}: a checkpoint of task {model.task_name!r}, not a language model ('lm')")
+        kinds = [route.kind for route in model.routes.values()]
+        if kinds != ["lm"]:
+            raise ConfigError(f"{folder}: a checkpoint of task {', '.join(kinds)}, not a language model ('lm')")
         return cls(model.decoder, model.tokenizer)
 
     @classmethod

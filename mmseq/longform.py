@@ -10,7 +10,7 @@ starts ``overlap`` seconds earlier; the words the two texts share in that overla
 kept once.
 
 The pieces here are pure functions of the waveform (and of per-window texts), so the splitting and
-joining can be tested without a model; :func:`decode_long` puts them around a model's batched
+joining can be tested without a model; :func:`mmseq.inference.decode_long` puts them around a model's batched
 decoding.
 """
 
@@ -70,20 +70,25 @@ def energy_pauses(waveform: torch.Tensor, sample_rate: int, options: LongformOpt
 
 
 @torch.no_grad()
-def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions) -> tuple[list, torch.Tensor]:
+def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions,
+               task: str | None = None) -> tuple[list, torch.Tensor]:
     """Pauses from the CTC head: runs of blank frames at least ``options.min_pause`` long, or
     0.1 s long between two words.
 
     The recording is encoded in pieces of ``options.window`` seconds; returns pauses in 10 ms
     frames and a per-frame cost (blank log-probability, negated) for forced cuts.
     """
-    sample_rate, tokenizer = model.encoder.sample_rate, model.tokenizer
+    route, tokenizer = model.route(task, "asr"), model.tokenizer
+    if route.ctc_head is None:
+        from .errors import ConfigError
+        raise ConfigError(f"split='ctc' needs a CTC head, and task {route.name!r} has none; use split='energy'")
+    sample_rate = route.encoder.sample_rate
     piece = int(options.window * sample_rate)
     paths, blank_log_probs = [], []
     for start in range(0, len(waveform), piece):
         part = waveform[start:start + piece].to(model.device)
-        memory, mask = model.encode(part[None], torch.tensor([len(part)], device=model.device))
-        log_probs = model.ctc_log_probs(memory)[0, : int(mask.sum())]
+        memory, mask = route.encoder(part[None], torch.tensor([len(part)], device=model.device))
+        log_probs = model.ctc_log_probs(memory, route.ctc_head)[0, : int(mask.sum())]
         paths.append(log_probs.argmax(-1).cpu())
         blank_log_probs.append(log_probs[:, tokenizer.pad_id].cpu())
     path, blank_log_prob = torch.cat(paths), torch.cat(blank_log_probs)
@@ -168,17 +173,19 @@ def plan_windows(total: int, pauses: list[tuple[int, int]], cost: torch.Tensor, 
     return windows
 
 
-def split_audio(waveform: torch.Tensor, sample_rate: int, options: LongformOptions, model=None) -> list[Window]:
-    """Windows of a recording ``(samples,)``: one window when it is short enough."""
+def split_audio(waveform: torch.Tensor, sample_rate: int, options: LongformOptions, model=None,
+                task: str | None = None) -> list[Window]:
+    """Windows of a recording ``(samples,)``: one window when it is short enough. ``split="ctc"``
+    uses the CTC head of ``model``'s route ``task`` (default: its speech route)."""
     if len(waveform) <= options.window * sample_rate:
         return [Window(0, len(waveform))]
     if options.split == "energy":
         pauses, cost = energy_pauses(waveform, sample_rate, options)
     elif options.split == "ctc":
-        if model is None or getattr(model, "ctc_head", None) is None:
+        if model is None:
             from .errors import ConfigError
             raise ConfigError("split='ctc' needs a model with a CTC head; use split='energy'")
-        pauses, cost = ctc_pauses(model, waveform, options)
+        pauses, cost = ctc_pauses(model, waveform, options, task)
     else:
         from .errors import ConfigError
         raise ConfigError(f"unknown long-audio split {options.split!r}: use 'energy' or 'ctc'")
@@ -236,22 +243,3 @@ def decode_windows(recordings: list, plans: list[list[Window]], prompt, later_pr
             prompts.append(prompt if k == 0 else later_prompt)
     texts = iter(decode(pieces, prompts))
     return [join_texts([next(texts) for _ in plan], plan) for plan in plans]
-
-
-def decode_long(model, waveforms: list[torch.Tensor], options: LongformOptions | None = None,
-                batch_size: int = 16, prompt=None, decode=None, **decoding) -> list[str]:
-    """Texts of recordings ``(samples,)`` of any length, at the model's sample rate: every window
-    of every recording is decoded in batches of similar length, then each recording's texts are
-    joined.
-
-    ``decode(pieces, prompts) -> texts`` may replace the model's batched decoding (tests use a fake
-    one); by default it is :func:`mmseq.inference.decode_batched` with ``decoding`` options.
-    """
-    from .inference import decode_batched
-
-    options = options or LongformOptions()
-    plans = [split_audio(w, model.encoder.sample_rate, options, model) for w in waveforms]
-    if decode is None:
-        def decode(pieces, prompts):
-            return decode_batched(model, pieces, prompts, batch_size, **decoding)
-    return decode_windows(waveforms, plans, prompt, continuation_prompt(model.tokenizer, prompt), decode)

@@ -1,12 +1,11 @@
-"""``Seq2Seq``: any registered encoder, the shared text decoder and an optional CTC head; saving
-and loading checkpoint folders (``config.json`` + ``model.safetensors`` + tokenizer files)."""
+"""``Seq2Seq``: a table of task routes (each an encoder, an optional CTC head, decoding settings
+and a prompt) over one shared text decoder; building it from a config and loading checkpoint
+folders (``config.json`` + ``model.safetensors`` + tokenizer files)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -15,62 +14,97 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_weights, write_folder, write_weights
 from .decoder import DecoderConfig, TextDecoder
 from .encoders import ENCODERS, create_encoder
-from .errors import CheckpointError, ConfigError, TokenizerError
+from .errors import CheckpointError, ConfigError, InputError, TokenizerError
 from .search import DecodingOptions, Hypothesis, beam_search, greedy_search
-from .tasks import TASKS, create_task
-from . import lm as _lm  # noqa: F401  (registers the "lm" task and the "null" encoder)
+from .tasks import TASKS, TaskTable, create_task
 from .tokenizer import Tokenizer, build_tokenizer
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+ROUTE_KEYS = ("task", "encoder", "ctc_weight", "batch_size", "decoding", "prompt")
 
 
 @dataclass
 class ModelConfig:
+    """The network. A model is a table of named tasks (``tasks``), each a route: its encoder, an
+    optional CTC head, its decoding settings and its prompt; one decoder serves them all.
+    ``encoder`` and ``ctc_weight`` are the shorthand for a table of one route, named by the
+    config's ``task``."""
+
     encoder: dict = field(default_factory=lambda: {"name": "conformer"})  # name + the encoder's settings
     decoder: dict = field(default_factory=dict)  # DecoderConfig settings
     ctc_weight: float = 0.3  # share of the CTC loss in joint training (0: no CTC head)
     label_smoothing: float = 0.1
-    # Multitask (task: multitask): one entry per task, {"encoder": {...}, "ctc_weight": 0.0,
-    # "batch_size": budget in the task's own unit, "decoding": {...}}; the encoders share the decoder.
+    # The route table: {name: {"task": kind (default: the name), "encoder": {...} or the name of
+    # another route whose encoder it shares, "ctc_weight": 0.0, "batch_size": budget in the task's
+    # own unit, "decoding": {...}, "prompt": "<|asr|>" (default: the task's token)}}.
     tasks: dict = field(default_factory=dict)
 
 
-class Seq2Seq(nn.Module):
-    """Encoder + decoder (+ CTC head) for one task. ``forward(batch)`` gives the training losses."""
+def route_table(config: ModelConfig, task: str | None) -> dict[str, dict]:
+    """The route entries of a model config: ``model.tasks``, or the one route its shorthand
+    (``model.encoder``, ``model.ctc_weight``, the config's ``task``) describes."""
+    if not config.tasks:
+        if task == "multitask":
+            raise ConfigError("task: multitask needs model.tasks, a table of the tasks (see recipes/multitask)")
+        name = task or "asr"
+        return {name: {"task": name, "encoder": dict(config.encoder), "ctc_weight": config.ctc_weight}}
+    if task not in (None, "multitask"):
+        raise ConfigError(f"task: {task} goes with model.encoder; with model.tasks (a table of tasks) leave "
+                          "task out or say task: multitask")
+    table = {}
+    for name, entry in config.tasks.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"model.tasks.{name}: expected a mapping of settings ({', '.join(ROUTE_KEYS)})")
+        unknown = sorted(set(entry) - set(ROUTE_KEYS))
+        if unknown:
+            raise ConfigError(f"model.tasks.{name}: unknown setting {unknown[0]!r}; known: {', '.join(ROUTE_KEYS)}")
+        table[name] = {"task": name, "ctc_weight": 0.0, **entry}
+    return table
 
-    def __init__(self, config: ModelConfig, tokenizer: Tokenizer, task: str, decoding: dict | None = None):
+
+@dataclass
+class Route:
+    """One task of a model: the parts that serve it. Several routes may share an encoder, and
+    they all share the model's decoder."""
+
+    name: str
+    task: "object"  # its :class:`mmseq.tasks.Task` (inputs, collate, metrics, prompt)
+    encoder: nn.Module
+    ctc_head: nn.Module | None
+    ctc_weight: float
+    decoding: dict  # DecodingOptions settings over the model's own
+    batch_size: float  # batch budget in the task's own unit (multiplies data.batch_size)
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind
+
+
+class Seq2Seq(nn.Module):
+    """Encoders + one decoder (+ CTC heads), a route per named task. ``forward(batch)`` gives the
+    training losses of a batch of one route (``batch["task"]`` names it)."""
+
+    def __init__(self, config: ModelConfig, tokenizer: Tokenizer, task: str | None = None,
+                 decoding: dict | None = None):
         super().__init__()
-        self.config, self.tokenizer, self.task_name = config, tokenizer, task
+        self.tokenizer = tokenizer
         self.decoding = DecodingOptions(**(decoding or {}))
         self.training_record: dict = {}  # how the weights were trained beyond cross-entropy (e.g. SCST's reward)
-        if config.tasks or task == "multitask":
-            self._build_multitask()
-            return
-        self.encoder, settings = _build_encoder(config.encoder, "model.encoder")
-        self.config = replace(config, encoder=settings)
-        decoder_config = DecoderConfig(**{**config.decoder, "vocab_size": tokenizer.vocab_size,
-                                          "memory_dim": self.encoder.output_dim})
-        self.decoder = TextDecoder(decoder_config)
-        self.ctc_head = nn.Linear(self.encoder.output_dim, tokenizer.vocab_size) if config.ctc_weight > 0 else None
-        self.task = create_task(task, self.encoder, tokenizer, decoder_config.max_length)
-
-    def _build_multitask(self) -> None:
-        """One encoder (and CTC head, where its ``ctc_weight`` > 0) per entry of ``model.tasks``,
-        one decoder for all; ``self.task`` is a :class:`mmseq.tasks.multitask.MultiTask`."""
-        config, tokenizer = self.config, self.tokenizer
-        if self.task_name != "multitask" or not config.tasks:
-            raise ConfigError("model.tasks (one entry per task) goes with task: multitask, and task: multitask needs it")
-        self.encoders, entries = nn.ModuleDict(), {}
-        for name, entry in config.tasks.items():
-            unknown = sorted(set(entry) - {"encoder", "ctc_weight", "batch_size", "decoding"})
-            if unknown:
-                raise ConfigError(f"model.tasks.{name}: unknown setting {unknown[0]!r}; "
-                                  "known: batch_size, ctc_weight, decoding, encoder")
-            self.encoders[name], settings = _build_encoder(entry.get("encoder") or {}, f"model.tasks.{name}.encoder")
-            entries[name] = {**entry, "encoder": settings}
-        self.config = replace(config, tasks=entries)
+        table = route_table(config, task)
+        self.encoders = nn.ModuleDict()
+        for name, entry in table.items():
+            if isinstance(entry.get("encoder"), str):
+                continue  # shared: built by the route it names
+            self.encoders[name], table[name]["encoder"] = _build_encoder(entry.get("encoder") or {},
+                                                                         f"model.tasks.{name}.encoder")
+        for name, entry in table.items():
+            shared = entry.get("encoder")
+            if isinstance(shared, str) and shared not in self.encoders:
+                raise ConfigError(f"model.tasks.{name}.encoder: {shared!r} names no route with an encoder of its own "
+                                  f"({', '.join(self.encoders)})")
         widths = {name: encoder.output_dim for name, encoder in self.encoders.items()}
         if len(set(widths.values())) > 1:
             raise ConfigError(f"model.tasks: the encoders share one decoder and must have one width; got {widths}")
@@ -78,30 +112,70 @@ class Seq2Seq(nn.Module):
         decoder_config = DecoderConfig(**{**config.decoder, "vocab_size": tokenizer.vocab_size, "memory_dim": width})
         self.decoder = TextDecoder(decoder_config)
         self.ctc_heads = nn.ModuleDict({name: nn.Linear(width, tokenizer.vocab_size)
-                                        for name, entry in entries.items() if entry.get("ctc_weight", 0) > 0})
-        tasks = {name: create_task(name, self.encoders[name], tokenizer, decoder_config.max_length) for name in entries}
-        self.task = TASKS.create("multitask", tasks=tasks,
-                                 batch_sizes={name: entry.get("batch_size") for name, entry in entries.items()})
+                                        for name, entry in table.items() if float(entry.get("ctc_weight") or 0) > 0})
+        self.config = replace(config, tasks=table, encoder={}, ctc_weight=0.0)
+        self.routes: dict[str, Route] = {}
+        for name, entry in table.items():
+            encoder = self.encoders[entry["encoder"] if isinstance(entry["encoder"], str) else name]
+            kind = entry.get("task", name)
+            if kind not in TASKS:
+                raise ConfigError(f"model.tasks.{name}: unknown task {kind!r}; registered: {', '.join(TASKS.names())}")
+            routed = create_task(kind, encoder, tokenizer, decoder_config.max_length, name=name,
+                                 prompt=entry.get("prompt"))
+            self.routes[name] = Route(name, routed, encoder, self.ctc_heads[name] if name in self.ctc_heads else None,
+                                      float(entry.get("ctc_weight") or 0), dict(entry.get("decoding") or {}),
+                                      float(entry.get("batch_size") or 1.0))
+        self.task = TaskTable({name: route.task for name, route in self.routes.items()},
+                              {name: route.batch_size for name, route in self.routes.items()})
+        self._register_load_state_dict_pre_hook(self._upgrade_weights)
 
-    def parts(self, task: str | None = None) -> tuple[nn.Module, nn.Module | None, float]:
-        """``(encoder, ctc_head or None, ctc_weight)`` serving ``task``: a multitask model's
-        batches name their task; a single-task model has one of each and ignores the name."""
-        if not self.config.tasks:
-            return self.encoder, self.ctc_head, self.config.ctc_weight
-        self.task.subtask(task)  # an InputError naming the tasks when it is not one
-        head = self.ctc_heads[task] if task in self.ctc_heads else None
-        return self.encoders[task], head, float(self.config.tasks[task].get("ctc_weight", 0.0))
+    def _upgrade_weights(self, state_dict, prefix, *args) -> None:
+        """Weights saved before the route table (a single-task model's ``encoder.*`` and
+        ``ctc_head.*``) go to its one route's ``encoders.<name>.*`` and ``ctc_heads.<name>.*``."""
+        if len(self.routes) != 1:
+            return
+        name = next(iter(self.routes))
+        for old, new in (("encoder.", "encoders."), ("ctc_head.", "ctc_heads.")):
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + name + "." + key[len(prefix + old):]] = state_dict.pop(key)
 
-    def task_for(self, name: str | None = None):
-        """The :class:`Task` that serves ``name``: a multitask model's sub-task, else the model's task."""
-        return self.task.subtask(name) if self.config.tasks else self.task
+    def route(self, name: str | None = None, kind: str | None = None) -> Route:
+        """The route called ``name``; without a name, the model's only route (of task ``kind``,
+        when given: an audio file needs no name on a model with one speech route). Otherwise an
+        :class:`InputError` that names the tasks and says how to choose."""
+        if name is not None:
+            if name not in self.routes:
+                raise InputError(f"this model has no task {name!r}; its tasks: {self._described()}")
+            return self.routes[name]
+        found = [r for r in self.routes.values() if kind is None or r.kind == kind]
+        if len(found) == 1:
+            return found[0]
+        wanted = f" of kind {kind!r}" if kind else ""
+        if not found:
+            raise InputError(f"this model has no task{wanted}; its tasks: {self._described()}")
+        raise InputError(f"this model serves several tasks{wanted}: say which with --task (task=...); "
+                         f"its tasks: {self._described()}")
+
+    def _described(self) -> str:
+        return ", ".join(name if route.kind == name else f"{name} ({route.kind})" for name, route in self.routes.items())
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The encoder of the model's only route (see :meth:`route` for a model of several)."""
+        return self.route().encoder
+
+    @property
+    def ctc_head(self) -> nn.Module | None:
+        """The CTC head of the model's only route."""
+        return self.route().ctc_head
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def encode(self, inputs: torch.Tensor, lengths: torch.Tensor | None, task: str | None = None):
-        return self.parts(task)[0](inputs, lengths)
+        """``(memory (batch, frames, dim), mask (batch, frames))`` from the encoder of route ``task``."""
+        return self.route(task).encoder(inputs, lengths)
 
     def forward(self, batch: dict) -> dict:
         """Joint CTC/attention loss of a batch from the task's ``collate``.
@@ -111,8 +185,9 @@ class Seq2Seq(nn.Module):
         same update as one large batch), ``loss`` (per example), ``attention_loss``, ``ctc_loss``
         (per example), ``examples``, ``correct`` and ``tokens`` (for accuracy).
         """
-        _, ctc_head, ctc_weight = self.parts(batch.get("task"))
-        memory, memory_mask = self.encode(batch["inputs"], batch.get("lengths"), batch.get("task"))
+        route = self.route(batch.get("task"))
+        ctc_head, ctc_weight = route.ctc_head, route.ctc_weight
+        memory, memory_mask = route.encoder(batch["inputs"], batch.get("lengths"))
         if "input_index" in batch:  # several targets per input: each row attends to its input's memory
             memory, memory_mask = memory[batch["input_index"]], memory_mask[batch["input_index"]]
         tokens = batch["tokens"]
@@ -136,6 +211,7 @@ class Seq2Seq(nn.Module):
         return out
 
     def ctc_log_probs(self, memory: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        """CTC log-probabilities ``(batch, frames, vocab)`` of ``head`` (default: the only route's)."""
         return (head if head is not None else self.ctc_head)(memory).float().log_softmax(-1)
 
     def ctc_loss(self, memory, memory_mask, tokens, prefix_lengths, head: nn.Module | None = None) -> torch.Tensor:
@@ -160,21 +236,21 @@ class Seq2Seq(nn.Module):
         checkpoint folder) fused with weight ``lm_weight``. ``options`` override the checkpoint's
         :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...).
         """
-        name = batch.get("task")
-        task_options = self.config.tasks[name].get("decoding", {}) if self.config.tasks and name in self.config.tasks else {}
-        options = DecodingOptions(**{**asdict(self.decoding), **task_options, **options}).check()
-        prompt_ids = self.task_for(name).prompt() + (self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str)
-                                                     else list(prompt or []))
-        _, ctc_head, _ = self.parts(name)
+        route = self.route(batch.get("task"))
+        options = DecodingOptions(**{**asdict(self.decoding), **route.decoding, **options}).check()
+        prompt_ids = route.task.prompt() + (self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str)
+                                            else list(prompt or []))
+        ctc_head = route.ctc_head
         if isinstance(lm, (str, os.PathLike)):
-            lm = _lm.LanguageModel.cached(lm, self.device)
+            from .lm import LanguageModel
+            lm = LanguageModel.cached(lm, self.device)
         if lm is not None and options.lm_weight > 0:
             lm.check_tokenizer(self.tokenizer)
         else:
             lm = None
         inputs = batch["inputs"].to(self.device)
         lengths = batch.get("lengths")
-        memory, memory_mask = self.encode(inputs, lengths.to(self.device) if lengths is not None else None, name)
+        memory, memory_mask = route.encoder(inputs, lengths.to(self.device) if lengths is not None else None)
         use_ctc = options.ctc_weight > 0 and ctc_head is not None
         if options.beam_size == 1 and not use_ctc and lm is None:
             return [[hyp] for hyp in greedy_search(self, memory, memory_mask, prompt_ids, options)]
@@ -185,88 +261,56 @@ class Seq2Seq(nn.Module):
         """Best text per input; a forced text prefix of the prompt starts it."""
         return [self.tokenizer.decode(hyps[0].output) if hyps else "" for hyps in self.generate(batch, **options)]
 
-    def _run(self, sources, batch_size: int, **options) -> list[str]:
-        """Decode many inputs in length-sorted batches, results in input order. Every readable
-        input is decoded; then a bad one raises :class:`mmseq.inference.UnreadableInputsError`
-        (its ``.results`` keep the others), or with ``errors="report"`` its error takes its place.
-        See :func:`mmseq.inference.decode_sources`."""
+    def _run(self, sources, batch_size: int, kind: str, task: str | None = None, **options) -> list[str]:
+        """Decode many inputs in length-sorted batches, results in input order, by route ``task``
+        (default: the model's only route of ``kind``). Every readable input is decoded; then a
+        bad one raises :class:`mmseq.inference.UnreadableInputsError` (its ``.results`` keep the
+        others), or with ``errors="report"`` its error takes its place. See
+        :func:`mmseq.inference.decode_sources`."""
         from .inference import decode_sources
 
-        return decode_sources(self, sources, batch_size=batch_size, **options)
+        return decode_sources(self, sources, batch_size=batch_size, task=self.route(task, kind).name, **options)
 
-    def transcribe(self, audio, batch_size: int = 16, **options) -> list[str]:
-        """Transcripts of audio files, waveforms (at the encoder's sample rate) or both."""
-        return self._run(audio, batch_size, task="asr", **options)
+    def transcribe(self, audio, batch_size: int = 16, task: str | None = None, **options) -> list[str]:
+        """Transcripts of audio files, waveforms (at the encoder's sample rate) or both; ``task``
+        picks the route of a model with several speech routes."""
+        return self._run(audio, batch_size, "asr", task, **options)
 
-    def caption(self, images, batch_size: int = 16, **options) -> list[str]:
+    def caption(self, images, batch_size: int = 16, task: str | None = None, **options) -> list[str]:
         """Captions of image files, PIL images or both."""
-        return self._run(images, batch_size, task="caption", **options)
+        return self._run(images, batch_size, "caption", task, **options)
 
-    def translate(self, texts, batch_size: int = 16, **options) -> list[str]:
-        """Target texts of source texts (text-to-text models)."""
-        return self._run(texts, batch_size, task="text", **options)
+    def translate(self, texts, batch_size: int = 16, task: str | None = None, **options) -> list[str]:
+        """Target texts of source texts (text-to-text routes)."""
+        return self._run(texts, batch_size, "text", task, **options)
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_config(self) -> dict:
-        return {"mmseq_version": __version__, "task": self.task_name, "model": asdict(self.config),
-                "tokenizer": self.tokenizer.config(), "decoding": asdict(self.decoding),
-                "training": self.training_record}
+        model = {"decoder": self.config.decoder, "label_smoothing": self.config.label_smoothing,
+                 "tasks": self.config.tasks}
+        return {"mmseq_version": __version__, "model": model, "tokenizer": self.tokenizer.config(),
+                "decoding": asdict(self.decoding), "training": self.training_record}
 
     def save(self, folder: str | os.PathLike, write_extra=None, state_dict: dict | None = None) -> Path:
-        """Write a checkpoint folder atomically: into a temporary folder, then renamed into place.
+        """Write a checkpoint folder atomically (see :func:`mmseq.checkpoint.write_folder`).
 
         ``write_extra(tmp_folder)`` may add files (the trainer's state) inside the same rename.
         ``state_dict``: weights to write instead of this module's own (the trainer passes weights
         gathered from sharded training)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        def write(tmp: Path) -> None:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.checkpoint_config(), indent=1))
-            # Cloned: safetensors refuses tensors that share storage (torchaudio's window buffers do).
-            weights = self.state_dict() if state_dict is None else state_dict
-            save_file({k: v.detach().clone().contiguous() for k, v in weights.items()},
-                      str(tmp / WEIGHTS_FILE))
+            write_weights(self.state_dict() if state_dict is None else state_dict, tmp / WEIGHTS_FILE)
             self.tokenizer.save(tmp)
             if write_extra is not None:
                 write_extra(tmp)
-            _fsync_folder(tmp)
-            if folder.exists() and _exchange(tmp, folder):
-                shutil.rmtree(tmp, ignore_errors=True)  # it now holds the previous checkpoint
-            elif folder.exists():
-                old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-                os.rename(folder, old)
-                os.rename(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+
+        return write_folder(folder, write)
 
 
 def _one_line(error: Exception, limit: int = 300) -> str:
     """An error's message on one line (torch's span many), cut to ``limit`` characters."""
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _exchange(new: Path, old: Path) -> bool:
-    """Swap two folders in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``), so that a
-    process killed at any moment leaves a whole checkpoint at ``old``; False where the system or
-    file system cannot (the caller then renames twice)."""
-    import ctypes
-
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_current_folder, rename_exchange = -100, 2
-    return renameat2(at_current_folder, os.fsencode(new), at_current_folder, os.fsencode(old), rename_exchange) == 0
 
 
 def _build_encoder(settings: dict, where: str):
@@ -277,31 +321,22 @@ def _build_encoder(settings: dict, where: str):
     name = settings.pop("name", None)
     if name is None:
         raise ConfigError(f"{where} needs a 'name' (see `mmseq encoders`)")
+    if name not in ENCODERS:
+        raise ConfigError(f"{where}: unknown encoder {name!r}; registered: {', '.join(ENCODERS.names())}")
     encoder = create_encoder(name, **settings)
     if hasattr(encoder, "checkpoint_settings"):
         settings = encoder.checkpoint_settings()
     return encoder, {"name": name, **settings}
 
 
-def _fsync_folder(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as file:
-                os.fsync(file.fileno())
-
-
 def build_model(config: dict, folder: str | os.PathLike | None = None) -> Seq2Seq:
-    """A model from a checkpoint-style config dict (``task``, ``model``, ``tokenizer``, ``decoding``)."""
-    for key in ("task", "model", "tokenizer"):
+    """A model from a checkpoint-style config dict (``model``, ``tokenizer``, ``decoding``, and
+    ``task`` for the one-route shorthand of checkpoints written before the route table)."""
+    for key in ("model", "tokenizer"):
         if key not in config:
             raise ConfigError(f"config lacks {key!r}")
-    if config["task"] not in TASKS:
-        raise ConfigError(f"unknown task {config['task']!r}; registered: {', '.join(TASKS.names())}")
-    encoder = config["model"].get("encoder", {}).get("name")
-    if encoder not in ENCODERS:
-        raise ConfigError(f"unknown encoder {encoder!r}; registered: {', '.join(ENCODERS.names())}")
     tokenizer = build_tokenizer(config["tokenizer"], folder)
-    return Seq2Seq(ModelConfig(**config["model"]), tokenizer, config["task"], config.get("decoding"))
+    return Seq2Seq(ModelConfig(**config["model"]), tokenizer, config.get("task"), config.get("decoding"))
 
 
 def load(folder: str | os.PathLike, device: str | torch.device | None = None) -> Seq2Seq:
@@ -310,22 +345,8 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
     Raises :class:`CheckpointError` when the folder is missing, holds only pickled weights, or its
     files are corrupt, and :class:`ConfigError` when its config names an unknown component.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{folder}: not a checkpoint folder (no {CONFIG_FILE})")
-    if not (folder / WEIGHTS_FILE).is_file():
-        pickles = [p.name for p in folder.iterdir() if p.suffix in {".pt", ".pth", ".bin", ".pkl", ".ckpt"}]
-        hint = f"; it holds {', '.join(pickles)}, which mmseq never unpickles" if pickles else ""
-        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}{hint}")
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"{folder / CONFIG_FILE}: corrupt config ({error})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{folder / CONFIG_FILE}: corrupt config (a JSON {type(config).__name__}, not an object)")
+    config = read_config(folder)
     try:
         # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.
         model_config = config.get("model", {})
@@ -343,8 +364,8 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
         raise ConfigError(f"{folder / CONFIG_FILE}: describes no model mmseq can build "
                           f"({type(error).__name__}: {_one_line(error)})") from None
     try:
-        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"), strict=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        model.load_state_dict(read_weights(folder / WEIGHTS_FILE), strict=True)
+    except (CheckpointError, OSError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: corrupt or incompatible weights ({_one_line(error)})") from None
     training = config.get("training")
     model.training_record = dict(training) if isinstance(training, dict) else {}

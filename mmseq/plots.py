@@ -33,14 +33,15 @@ def plot_curves(log_csv: str | Path, out_png: str | Path, metric_name: str = "me
 
 
 # -- attention ------------------------------------------------------------------------------------
-def attention_of(model, source, prompt=None, **options) -> dict:
+def attention_of(model, source, prompt=None, task: str | None = None, **options) -> dict:
     """Decode one input and recompute, by teacher forcing, the decoder's last-layer cross-attention
     (averaged over heads) of each generated token.
 
     Args:
         model: a :class:`~mmseq.model.Seq2Seq`.
-        source: what ``model.task.load_input`` reads: an image or audio file, a PIL image, a waveform.
+        source: what the route's task reads: an image or audio file, a PIL image, a waveform.
         prompt, options: as for :meth:`~mmseq.model.Seq2Seq.generate` (``beam_size`` ...).
+        task: the route (default: the model's only one).
 
     Returns a dict: ``text`` (the output), ``tokens`` (generated ids), ``attention``
     ``(len(tokens) + 1, frames)`` float array (the last row is that of ``</s>``), and ``grid``
@@ -48,20 +49,22 @@ def attention_of(model, source, prompt=None, **options) -> dict:
     """
     import torch
 
-    task, tokenizer = model.task, model.tokenizer
-    inputs, lengths = task.collate_inputs([task.load_input(source)])
-    hypothesis = model.generate({"inputs": inputs, "lengths": lengths}, prompt=prompt, **options)[0][0]
+    route, tokenizer = model.route(task), model.tokenizer
+    inputs, lengths = route.task.collate_inputs([route.task.load_input(source)])
+    hypothesis = model.generate({"inputs": inputs, "lengths": lengths, "task": route.name}, prompt=prompt,
+                                **options)[0][0]
     tokens = [tokenizer.bos_id] + list(hypothesis.prompt) + list(hypothesis.tokens) + [tokenizer.eos_id]
     with torch.no_grad():
         inputs = inputs.to(model.device)
-        memory, memory_mask = model.encode(inputs, lengths.to(model.device) if lengths is not None else None)
+        memory, memory_mask = route.encoder(inputs, lengths.to(model.device) if lengths is not None else None)
         ids = torch.tensor([tokens[:-1]], device=model.device)
         _, weights = model.decoder(ids, memory, memory_mask, return_attention=True)  # (1, positions, frames)
     # Position p predicts token p + 1: the generated tokens and </s> follow <s> and the prompt.
     first = len(hypothesis.prompt)
     attention = weights[0, first:, : int(memory_mask[0].sum())].float().cpu().numpy()
     return {"text": tokenizer.decode(hypothesis.output), "tokens": list(hypothesis.tokens), "attention": attention,
-            "grid": getattr(model.encoder, "grid_shape", None) if model.encoder.modality == "image" else None}
+            "grid": getattr(route.encoder, "grid_shape", None) if route.encoder.modality == "image" else None,
+            "frame_rate": getattr(route.encoder, "frame_rate", None)}
 
 
 def word_groups(tokenizer, tokens: list[int]) -> list[tuple[str, list[int]]]:
@@ -157,7 +160,7 @@ def _alignment_figure(plt, model, found: dict):
     labels = [tokenizer.decode([token]).replace(" ", "\u2423") or "?" for token in found["tokens"]] + ["</s>"]
     attention = found["attention"]  # (tokens + 1, frames)
     frames = attention.shape[1]
-    frame_rate = getattr(model.encoder, "frame_rate", None)
+    frame_rate = found.get("frame_rate")
     extent_end = frames / frame_rate if frame_rate else frames
     figure, axis = plt.subplots(figsize=(min(16, 3 + 0.08 * frames), min(14, 1.5 + 0.22 * len(labels))))
     axis.imshow(attention, aspect="auto", origin="upper", cmap="viridis", interpolation="nearest",

@@ -154,16 +154,16 @@ def record(config: SCSTConfig) -> dict:
     return {**asdict(config), "reward": "CIDEr-D", "baseline": "mean of the other candidates"}
 
 
-def start_model(config: SCSTConfig, task: str):
+def start_model(config: SCSTConfig):
     """The cross-entropy checkpoint an SCST stage starts from (weights, tokenizer, settings), its
     training record already naming the SCST settings (copies of it, such as a weight average, keep them)."""
     from .model import load
 
     config.check()
     model = load(config.init_from)
-    if model.task_name != task:
-        raise ConfigError(f"scst.init_from={config.init_from}: a {model.task_name!r} checkpoint, "
-                          f"but the config's task is {task!r}")
+    if not any(route.kind == "caption" for route in model.routes.values()):
+        raise ConfigError(f"scst.init_from={config.init_from}: SCST trains a caption task, and this checkpoint "
+                          f"has none (its tasks: {', '.join(model.routes)})")
     model.training_record["scst"] = record(config)
     return model
 
@@ -214,8 +214,9 @@ class SelfCriticalObjective(nn.Module):
             indices = [self.index[image_id] for image_id in batch["ids"]]
         except KeyError as error:
             raise InputError(f"SCST: image {error.args[0]!r} is not among the training images") from None
-        memory, memory_mask = model.encode(batch["inputs"], batch.get("lengths"))
-        prompt = model.task.prompt()
+        route = model.route(batch.get("task"))  # a caption route (the trainer's batches name it)
+        memory, memory_mask = route.encoder(batch["inputs"], batch.get("lengths"))
+        prompt = route.task.prompt()
         prefix = torch.tensor([tokenizer.bos_id] + prompt, device=memory.device)
         decoder_was_training = model.decoder.training
         model.decoder.eval()  # no dropout: score the very policy that drew the candidates

@@ -21,196 +21,37 @@ rank, counted, and too many in a row stop training with a clear error.
 
 from __future__ import annotations
 
-import copy
 import csv
-import fcntl
 import json
 import math
-import os
 import random
-import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .checkpoint import (STATE_JSON, STATE_TENSORS, TRAINING_WEIGHTS, WEIGHTS_FILE, FolderLock, list_checkpoints,
+                         rank_best, read_training_state, read_weights, rotate, step_folder, write_weights)
 from .config import Config, config_to_dict
 from .data.batching import BucketBatchSampler
-from .errors import CheckpointError, ConfigError, MmseqError
-from .model import WEIGHTS_FILE, Seq2Seq, load
+from .distributed import (all_reduce_sum, barrier, checkpoint_activations, distributed_setup, full_weights,
+                          gather_objects, layer_modules, leave_process_group, shard_model)
+from .errors import CheckpointError, ConfigError, TrainingError
+from .evaluate import decode_examples, score_rows
+from .model import Seq2Seq, load
+from .optim import WeightAverage, autocast_dtype, lr_factor, make_optimizer
 from .scst import SelfCriticalObjective, start_model
 from .tasks import ExampleDataset
 from .tokenizer import train_tokenizer
 
-CHECKPOINTS = "checkpoints"
-STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.pt"
-TRAINING_WEIGHTS = "trainer_weights.safetensors"  # the raw weights, when model.safetensors holds the EMA
-
-
-class TrainingError(MmseqError, RuntimeError):
-    """Training cannot go on (too many bad examples, non-finite losses, a locked folder)."""
-
-
-# -- distributed ----------------------------------------------------------------------------
-def distributed_setup(device_setting: str) -> tuple[int, int, torch.device]:
-    """Rank, world size and device; joins the process group when started by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_setting == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_setting)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (Ampere and later)
-        torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def all_reduce_sum(values: list[float], device) -> list[float]:
-    """Sums over every rank (the values themselves in a single process)."""
-    if not dist.is_initialized():
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-# -- optimizer and schedule ---------------------------------------------------------------------
-def make_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on biases, norms, or embeddings' positions)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = all(p.is_cuda for p in params)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-9 if fused else 1e-8, fused=fused)
-
-
-def lr_factor(step: int, total: int, config) -> float:
-    """Learning-rate multiplier: linear warmup, then cosine to ``min_lr_ratio``, noam, or constant."""
-    warmup = max(1, config.warmup_steps)
-    if step < warmup:
-        return (step + 1) / warmup
-    if config.schedule == "noam":
-        return math.sqrt(warmup / (step + 1))
-    if config.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on GPUs that have it, else fp16 (with a loss scaler); fp32 on CPU unless asked."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"trainer.precision={precision!r}: expected auto, fp32, bf16 or fp16")
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-# -- memory: activation checkpointing and sharding ----------------------------------------------
-def layer_modules(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a model: every child of a ``layers`` or ``blocks`` list (the
-    encoder's and decoder's layers, a timm ViT's blocks), outermost lists only."""
-    found, inside = [], []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix in inside):
-            continue
-        if name.rsplit(".", 1)[-1] in ("layers", "blocks") and isinstance(module, (nn.ModuleList, nn.Sequential)):
-            found += list(module)
-            inside.append(name)
-    return found
-
-
-def checkpoint_activations(modules: list[nn.Module]) -> None:
-    """Keep only each module's inputs in the forward pass and recompute the rest in backward:
-    activation memory of one layer instead of all, for about a third more compute. The weights,
-    their names and the results (dropout masks included) are unchanged."""
-    from torch.utils.checkpoint import checkpoint
-
-    for module in modules:
-        def forward(*args, _forward=module.forward, **kwargs):
-            if not torch.is_grad_enabled():
-                return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-        module.forward = forward
-
-
-def shard_model(model: nn.Module) -> None:
-    """FSDP2: each layer, then the rest, sharded across the process group (in place). A layer's
-    own public methods besides ``forward`` (the decoder layer's ``memory_kv``) gather its weights too."""
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-
-    for module in layer_modules(model):
-        methods = [name for name, value in vars(type(module)).items()
-                   if callable(value) and not name.startswith("_") and name != "forward"]
-        fully_shard(module)  # (this changes the module's class)
-        for name in methods:
-            register_fsdp_forward_method(module, name)
-    fully_shard(model)
-
-
-@contextmanager
-def full_weights(model: nn.Module):
-    """Gather a sharded model's weights on every rank for the duration (validation, decoding),
-    so that ranks may run different numbers of forward passes; a no-op for a plain model."""
-    from torch.distributed.fsdp import FSDPModule
-
-    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for module in sharded:
-        module.unshard()
-        module.set_reshard_after_forward(False, recurse=False)
-    try:
-        yield
-    finally:
-        for module in sharded:
-            module.set_reshard_after_forward(True, recurse=False)
-            module.reshard()
-
-
-class WeightAverage:
-    """Exponential moving average of a model's weights (Polyak averaging), in a copy of the model.
-
-    The decay ramps up as ``min(decay, (1 + step) / (10 + step))`` so the first steps' random
-    weights fade quickly; buffers are copied, not averaged.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise ConfigError(f"trainer.ema={decay}: the decay must be between 0 and 1 (0 turns it off)")
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1.0 - decay)
-        for mine, theirs in zip(self.model.buffers(), model.buffers()):
-            mine.copy_(theirs)
-
-
-# -- checkpoints ------------------------------------------------------------------------------
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a folder is complete once renamed into place)."""
-    folder = Path(output_dir) / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.name.startswith("step-") and (p / STATE_JSON).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+__all__ = ["Trainer", "TrainingError", "list_checkpoints", "train"]
 
 
 def rng_state() -> dict:
@@ -240,44 +81,18 @@ class Trainer:
         self.rank, self.world, self.device = distributed_setup(config.trainer.device)
         self.is_main = self.rank == 0
         self.stop_signal = None
+        self.lock = FolderLock(self.out)
 
-    # -- set up -------------------------------------------------------------------------------
-    def _lock(self) -> None:
-        """One run per output folder: a second one gets a clear message, not a corrupt folder."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.out / ".lock", "w")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainingError(f"{self.out}: another training run is using this output folder") from None
-
-    def _release_lock(self) -> None:
-        if getattr(self, "_lock_file", None) is not None:
-            self._lock_file.close()
-
-    def _tokenizer(self, texts: list[str]):
-        settings = asdict(self.config.tokenizer)
-        kind = settings.pop("type")
-        if kind == "sentencepiece":
-            path = self.out / "tokenizer.model"
-            if self.is_main and not path.exists():
-                train_tokenizer(kind, texts, out=path, **settings)
-            self._barrier()
-            from .tokenizer import SentencePieceTokenizer
-            return SentencePieceTokenizer(path, settings["prompt_tokens"])
-        return train_tokenizer(kind, texts, **settings)
-
-    def _barrier(self) -> None:
-        if dist.is_initialized():
-            dist.barrier()
-
-    def _read(self, manifest: str, training: bool, task):
-        examples, errors = task.read(manifest, training, skip_errors=True)
-        for error in errors:
-            self.log_message(f"skipped: {error}")
-        if not examples:
-            raise TrainingError(f"{manifest}: no usable examples")
-        return examples, len(errors)
+    # -- set up: a few named steps ---------------------------------------------------------------
+    def setup(self) -> None:
+        """Everything a run needs before its first step, in order."""
+        self._check_settings()
+        self._prepare_folder()
+        self._resume_or_build()
+        self._read_data()
+        self._make_loader()
+        self._make_optimizer()
+        self._wrap_network()
 
     def _check_settings(self) -> None:
         trainer = self.config.trainer
@@ -293,23 +108,28 @@ class Trainer:
             raise ConfigError("trainer.fsdp needs precision bf16 or fp32 (fp16 loss scaling of sharded "
                               "gradients is not supported)")
 
-    def setup(self) -> None:
-        config, trainer = self.config, self.config.trainer
-        self._check_settings()
-        torch.manual_seed(trainer.seed)
-        random.seed(trainer.seed)
+    def _prepare_folder(self) -> None:
+        """Seed, lock the output folder (one run per folder), write the resolved config."""
+        torch.manual_seed(self.config.trainer.seed)
+        random.seed(self.config.trainer.seed)
         if self.is_main:
-            self._lock()
-            (self.out / "config.yaml").write_text(_yaml_dump(config_to_dict(config)))
-        self._barrier()
-        self.resume_from, saved_state, failures = None, None, []
+            self.lock.acquire()
+            (self.out / "config.yaml").write_text(_yaml_dump(config_to_dict(self.config)))
+        barrier()
+
+    def _resume_or_build(self) -> None:
+        """The model: from the newest checkpoint whose every file reads (a corrupt one is reported
+        and the one before tried), else the SCST stage's starting checkpoint, else a new model
+        with a tokenizer trained on the training manifest's text."""
+        config = self.config
+        self.resume_from, self.saved_state, failures = None, None, []
         checkpoints = list_checkpoints(self.out)
-        for folder in reversed(checkpoints):  # the newest whose every file reads; a corrupt one is reported
+        for folder in reversed(checkpoints):
             try:
-                saved_state = _read_training_state(folder)
+                self.saved_state = read_training_state(folder)
                 self.model = load(folder)
                 if (folder / TRAINING_WEIGHTS).is_file():
-                    self.model.load_state_dict(_read_weights(folder / TRAINING_WEIGHTS))
+                    self.model.load_state_dict(read_weights(folder / TRAINING_WEIGHTS))
                 self.resume_from = folder
                 break
             except (CheckpointError, ConfigError) as error:
@@ -321,7 +141,7 @@ class Trainer:
                                 f"newest: {failures[0]}); move them away, or choose another output_dir, to "
                                 "start afresh")
         if self.resume_from is None and config.scst.enabled:
-            self.model = start_model(config.scst, config.task)  # SCST fine-tunes a cross-entropy checkpoint
+            self.model = start_model(config.scst)  # SCST fine-tunes a cross-entropy checkpoint
         elif self.resume_from is None:
             from .data.manifest import read_manifest
             lines = read_manifest(config.data.train, (), skip_errors=True)[0]
@@ -329,12 +149,39 @@ class Trainer:
             tokenizer = self._tokenizer(texts)
             self.model = Seq2Seq(config.model, tokenizer, config.task, asdict(config.decoding))
         self.model.to(self.device).train()
-        self.task = self.model.task
+        self.task = self.model.task  # the route table: reads, batches and scores every task
+        self.val_metric = self.task.metric(config.trainer.val_metric)  # its name and direction
+
+    def _tokenizer(self, texts: list[str]):
+        settings = asdict(self.config.tokenizer)
+        kind = settings.pop("type")
+        if kind == "sentencepiece":
+            path = self.out / "tokenizer.model"
+            if self.is_main and not path.exists():
+                train_tokenizer(kind, texts, out=path, **settings)
+            barrier()
+            from .tokenizer import SentencePieceTokenizer
+            return SentencePieceTokenizer(path, settings["prompt_tokens"])
+        return train_tokenizer(kind, texts, **settings)
+
+    def _read_data(self) -> None:
+        config = self.config
         # SCST reads one example per image (all its captions are the references), not one per caption.
-        self.train_examples, self.manifest_errors = self._read(config.data.train, not config.scst.enabled, self.task)
+        self.train_examples, self.manifest_errors = self._read(config.data.train, not config.scst.enabled)
         self.valid_examples, self.valid_manifest_errors = [], 0
         if config.data.valid:
-            self.valid_examples, self.valid_manifest_errors = self._read(config.data.valid, False, self.task)
+            self.valid_examples, self.valid_manifest_errors = self._read(config.data.valid, False)
+
+    def _read(self, manifest: str, training: bool):
+        examples, errors = self.task.read(manifest, training, skip_errors=True)
+        for error in errors:
+            self.log_message(f"skipped: {error}")
+        if not examples:
+            raise TrainingError(f"{manifest}: no usable examples")
+        return examples, len(errors)
+
+    def _make_loader(self) -> None:
+        config, trainer = self.config, self.config.trainer
         lengths = [self.task.length(e) for e in self.train_examples]
         self.sampler = BucketBatchSampler(lengths, config.data.batch_size, config.data.max_batch_examples,
                                           shuffle=True, seed=trainer.seed, rank=self.rank, world_size=self.world,
@@ -351,9 +198,13 @@ class Trainer:
         torch.manual_seed(trainer.seed * 1000 + 1 + self.rank)
         random.seed(trainer.seed * 1000 + 1 + self.rank)
 
+    def _make_optimizer(self) -> None:
+        """Weight average, activation checkpointing, sharding, optimizer, schedule, loss scaler,
+        and the training state (read back from the resumed checkpoint)."""
+        trainer = self.config.trainer
         self.ema = WeightAverage(self.model, trainer.ema) if trainer.ema else None
         if self.ema is not None and self.resume_from is not None:
-            self.ema.model.load_state_dict(_read_weights(self.resume_from / WEIGHTS_FILE))
+            self.ema.model.load_state_dict(read_weights(self.resume_from / WEIGHTS_FILE))
         if trainer.activation_checkpointing:
             checkpoint_activations(layer_modules(self.model))
         self.sharded = trainer.fsdp and self.world > 1
@@ -371,8 +222,11 @@ class Trainer:
                       "bad_examples_in_epoch": 0, "nonfinite_in_row": 0, "skipped_steps": 0, "world_size": self.world,
                       "sharded": self.sharded}
         if self.resume_from is not None:
-            self._load_state(self.resume_from, *saved_state)
+            self._load_state(self.resume_from, *self.saved_state)
 
+    def _wrap_network(self) -> None:
+        """What a step calls: the model, or the SCST objective around it; DDP; torch.compile."""
+        config = self.config
         self.network = self.model
         if config.scst.enabled:  # the loss is the self-critical objective, a module around the model
             self.network = SelfCriticalObjective(self.model, config.scst, self.train_examples, self.out)
@@ -380,7 +234,7 @@ class Trainer:
             self.network = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.ddp = self.network
-        if trainer.compile:
+        if config.trainer.compile:
             self.network = torch.compile(self.network)
         self.standin = self._standin_batch() if self.world > 1 else None
         self.running = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, examples, correct, tokens
@@ -397,7 +251,7 @@ class Trainer:
 
     def _load_state(self, folder: Path, state: dict, tensors: dict) -> None:
         """Put the optimizer, scheduler, scaler, random state and data position read from ``folder``
-        (by :func:`_read_training_state`) in place."""
+        (by :func:`mmseq.checkpoint.read_training_state`) in place."""
         if state.get("sharded", False) != self.sharded:
             how = "sharded (trainer.fsdp, several processes)" if state.get("sharded") else "unsharded"
             raise ConfigError(f"{folder}: its optimizer state was saved {how}; resume it the same way")
@@ -436,7 +290,7 @@ class Trainer:
         if not self.is_main:
             return
         path = self.out / "log.csv"
-        fields = ["time", "split", "epoch", "step", "loss", "attention_loss", "ctc_loss", "accuracy", "lr", "metric"]
+        fields = ["time", "split", "epoch", "step", "loss", "accuracy", "lr", "metric"]
         new = not path.exists()
         with open(path, "a", newline="") as file:
             writer = csv.DictWriter(file, fields, extrasaction="ignore")
@@ -462,7 +316,7 @@ class Trainer:
         try:
             self.setup()
         except BaseException:
-            self._release_lock()  # a run that could not start leaves the folder free
+            self.lock.release()  # a run that could not start leaves the folder free
             raise
         config = self.config.trainer
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -485,7 +339,7 @@ class Trainer:
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
-            self._release_lock()  # free the folder for the next run in this process
+            self.lock.release()  # free the folder for the next run in this process
         best = self.out / "best"
         return best if best.exists() else None
 
@@ -642,56 +496,33 @@ class Trainer:
     # -- validation -------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Loss, accuracy and the task's metric on ``data.valid``, each rank scoring its share and
-        the sums and hypotheses gathered; the weights scored are the EMA's when there is one.
-        An unreadable example is left out and logged (``skipped: FILE:LINE: reason``); the summary
-        line counts them with the manifest's bad lines as ``skipped=N``."""
+        """Loss, accuracy and the tasks' metrics on ``data.valid``, each rank scoring its share
+        (:func:`mmseq.evaluate.decode_examples`) and the sums and hypotheses gathered; the weights
+        scored are the EMA's when there is one. An unreadable example is left out and logged
+        (``skipped: FILE:LINE: reason``); the summary counts them with the manifest's bad lines
+        as ``skipped=N``."""
         if not self.valid_examples:
             return None
         model = self.ema.model if self.ema is not None else self.model
         model.eval()
-        shard = self.valid_examples[self.rank::self.world]
-        lengths = [self.task.length(e) for e in shard]
-        sampler = BucketBatchSampler(lengths, self.config.data.batch_size, self.config.data.max_batch_examples,
-                                     shuffle=False, groups=[self.task.group(e) for e in shard])
-        loader = DataLoader(ExampleDataset(self.task, shard, training=False), batch_sampler=sampler,
-                            collate_fn=self.task.collate, num_workers=self.config.data.num_workers,
-                            generator=torch.Generator().manual_seed(0))
-        metric_name = self.config.trainer.val_metric
-        decode = metric_name not in ("loss", "accuracy")
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, examples, correct, tokens
-        references, hypotheses, unreadable = [], [], 0
+        decode = self.val_metric.name not in ("loss", "accuracy")
         with full_weights(model) if self.sharded else nullcontext():
-            for batch in tqdm(loader, desc="valid", disable=not self.is_main, leave=False):
-                for error in batch["errors"]:
-                    self.warn(f"skipped: {error}")
-                unreadable += len(batch["errors"])
-                if not batch["size"]:
-                    continue
-                batch = _to_device(batch, self.device)
-                with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                    enabled=self.dtype is not None):
-                    out = model(batch)
-                sums += torch.stack([out["loss_sum"].double(), torch.tensor(float(out["examples"]),
-                                     dtype=torch.float64, device=self.device), out["correct"].double(),
-                                     out["tokens"].double()])
-                if decode:
-                    hypotheses += model.decode_texts(batch, beam_size=self.config.trainer.val_beam_size)
-                    references += batch["references"]
-        loss_sum, examples, correct, tokens, unreadable = all_reduce_sum(sums.tolist() + [unreadable], self.device)
+            decoded = decode_examples(model, self.task, self.valid_examples[self.rank::self.world],
+                                      self.config.data.batch_size, self.config.data.max_batch_examples,
+                                      self.config.data.num_workers, decode=decode, losses=True, dtype=self.dtype,
+                                      desc="valid", progress=self.is_main, warn=self.warn,
+                                      beam_size=self.config.trainer.val_beam_size)
+        loss_sum, examples, correct, tokens, unreadable = all_reduce_sum(
+            decoded.sums + [float(len(decoded.skipped))], self.device)
         loss, accuracy = loss_sum / max(examples, 1), correct / max(tokens, 1)
         metrics = {"loss": loss, "accuracy": accuracy}
         if decode:
-            if dist.is_initialized():
-                gathered = [None] * self.world
-                dist.all_gather_object(gathered, (references, hypotheses))
-                references = [r for part in gathered for r in part[0]]
-                hypotheses = [h for part in gathered for h in part[1]]
-            metrics.update(self.task.score(references, hypotheses))
-            if metric_name not in metrics:
-                raise ConfigError(f"trainer.val_metric={metric_name!r} is not a metric of task "
-                                  f"{self.task.name!r}: {', '.join(metrics)}")
-        metric = metrics[metric_name]
+            rows = [row for part in gather_objects(decoded.rows) for row in part]
+            metrics.update(score_rows(self.task, rows))
+            if self.val_metric.name not in metrics and self.config.trainer.val_metric not in metrics:
+                raise ConfigError(f"trainer.val_metric={self.config.trainer.val_metric!r}: the validation "
+                                  f"scores are {', '.join(metrics)}")
+        metric = metrics.get(self.config.trainer.val_metric, metrics.get(self.val_metric.name))
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
         skipped = int(unreadable) + self.valid_manifest_errors
         if skipped:
@@ -703,10 +534,6 @@ class Trainer:
         return metric
 
     # -- saving ---------------------------------------------------------------------------------
-    def _higher_is_better(self) -> bool:
-        name = self.config.trainer.val_metric
-        return name == "accuracy" or (name not in ("loss",) and self.task.higher_is_better)
-
     def _training_state(self) -> tuple[dict | None, dict]:
         """The weights to write (``None``: the model's own) and the optimizer's state; with FSDP
         both are gathered from every rank's shards (all ranks must call this)."""
@@ -722,10 +549,7 @@ class Trainer:
         """Checkpoint: every rank gives its state, rank 0 writes. Keeps the ``keep_last`` latest and
         the ``keep_best`` best. Returns False, on every rank, when the write failed (disk full):
         the previous checkpoints are then untouched."""
-        rngs = [rng_state()]
-        if dist.is_initialized():
-            rngs = [None] * self.world
-            dist.all_gather_object(rngs, rng_state())
+        rngs = gather_objects(rng_state())
         weights, optimizer_state = self._training_state()
         written = 1.0
         if self.is_main:
@@ -734,19 +558,17 @@ class Trainer:
 
     def _write_checkpoint(self, metric, weights, optimizer_state, rngs) -> bool:
         trainer = self.config.trainer
-        folder = self.out / CHECKPOINTS / f"step-{self.state['step']:08d}"
-        best = list(self.state["best"])
+        folder = step_folder(self.out, self.state["step"])
+        best = self.state["best"]
         if metric is not None:
-            best = [item for item in best if item[1] != folder.name] + [[metric, folder.name]]
-            best.sort(key=lambda item: -item[0] if self._higher_is_better() else item[0])
-            best = best[: trainer.keep_best]
+            best = rank_best(best, metric, folder.name, self.val_metric.higher_is_better, trainer.keep_best)
         state = {**self.state, "best": best}
 
         def write_state(tmp: Path) -> None:
             torch.save({"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                         "scaler": self.scaler.state_dict(), "rng": rngs}, tmp / STATE_TENSORS)
             if self.ema is not None:
-                _write_weights(self.model.state_dict(), tmp / TRAINING_WEIGHTS)
+                write_weights(self.model.state_dict(), tmp / TRAINING_WEIGHTS)
             (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))
 
         exported = self.ema.model if self.ema is not None else self.model
@@ -756,14 +578,7 @@ class Trainer:
             self.log_message(f"could not write checkpoint {folder}: {error}; the previous checkpoints are intact")
             return False
         self.state["best"] = best
-        recent = {p.name for p in list_checkpoints(self.out)[-max(1, trainer.keep_last):]}
-        keep = recent | {folder.name} | {name for _, name in best}
-        for old in list_checkpoints(self.out):
-            if old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
-        if best:
-            _point(self.out / "best", Path(CHECKPOINTS) / best[0][1])
-        _point(self.out / "last", Path(CHECKPOINTS) / folder.name)
+        rotate(self.out, folder.name, best, trainer.keep_last)
         if metric is not None or self.state["batch_in_epoch"] == 0:  # not at every mid-epoch checkpoint
             self.plot()
         return True
@@ -775,55 +590,6 @@ class Trainer:
             plot_curves(self.out / "log.csv", self.out / "curves.png", self.config.trainer.val_metric)
         except Exception as error:  # a plot must never stop training
             self.log_message(f"could not draw curves.png: {error}")
-
-
-def _read_training_state(folder: Path) -> tuple[dict, dict]:
-    """The trainer's state of a checkpoint: its JSON (data position, counts) and its tensors
-    (optimizer, scheduler, scaler, random states). Raises :class:`CheckpointError` when either is
-    missing, truncated, not what the trainer writes, or refused by ``weights_only`` (a pickle that
-    would run code), so that resume can fall back to the checkpoint before."""
-    path = folder / STATE_JSON
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as error:
-        raise CheckpointError(f"{path}: corrupt training state ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
-    if not isinstance(state, dict) or not all(isinstance(state.get(k), int)
-                                              for k in ("epoch", "batch_in_epoch", "step")):
-        raise CheckpointError(f"{path}: corrupt training state (not the trainer's epoch, batch and step)")
-    path = folder / STATE_TENSORS
-    try:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{path}: corrupt or unsafe training state ({type(error).__name__}: "
-                              f"{first_line})") from None
-    if not isinstance(tensors, dict) or not {"optimizer", "scheduler", "scaler", "rng"} <= tensors.keys():
-        raise CheckpointError(f"{path}: corrupt training state (not the trainer's optimizer, scheduler, "
-                              "scaler and random states)")
-    return state, tensors
-
-
-def _read_weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as error:
-        raise CheckpointError(f"{path}: corrupt weights ({error})") from None
-
-
-def _write_weights(weights: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-    save_file({k: v.detach().clone().contiguous().cpu() for k, v in weights.items()}, str(path))
-
-
-def _point(link: Path, target: Path) -> None:
-    """Atomically make ``link`` a symlink to ``target``."""
-    tmp = link.with_name(f".{link.name}.tmp")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(target)
-    os.replace(tmp, link)
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -841,5 +607,4 @@ def train(config: Config) -> Path | None:
     try:
         return Trainer(config).train()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()

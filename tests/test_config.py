@@ -41,7 +41,7 @@ def test_yaml_and_defaults(config_file):
     assert config.trainer.max_epochs == 12 and config.trainer.lr == 0.002
     assert config.decoding.beam_size == 4
     assert config.trainer.grad_clip == 5.0 and config.data.num_workers == 2  # defaults
-    assert load_config().task == "asr"  # no file: every default
+    assert load_config().task is None  # no file: every default (a model of one asr route)
 
 
 def test_dotted_overrides(config_file):

@@ -102,7 +102,7 @@ def test_checkpoint_keeps_the_source_tokenizer_without_its_files(kind, manifest,
     model = _text_model(settings, char_tokenizer)
     model.save(tmp_path / "checkpoint")
     manifest.unlink()  # the checkpoint must not need the file it learned from
-    saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())["model"]["encoder"]
+    saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())["model"]["tasks"]["text"]["encoder"]
     assert "train_from" not in saved["tokenizer"] and saved["name"] == "text"
     if kind == "sentencepiece":
         assert saved["tokenizer"]["model_bytes"] > 0 and saved["tokenizer"]["vocab_size"] == model.encoder.vocab_size

@@ -23,7 +23,7 @@ import torch
 
 import mmseq
 from conftest import TINY_DECODER, TINY_ENCODER, make_model, sentences, write_speech_corpus
-from mmseq import model as model_module
+from mmseq import checkpoint as model_module  # where the folder writing lives
 from mmseq.errors import CheckpointError
 from mmseq.tokenizer import CharTokenizer
 

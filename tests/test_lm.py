@@ -64,7 +64,7 @@ def test_fused_scores_are_the_weighted_sum(trained_lm):
     batch = waveform_batch([0.5, 0.8])
     with torch.no_grad():
         memory, mask = model.encode(batch["inputs"], batch["lengths"])
-    weight, prompt = 0.5, model.task.prompt()
+    weight, prompt = 0.5, model.route().task.prompt()
     options = DecodingOptions(beam_size=3, nbest=3, max_length=25, lm_weight=weight)
     eos, bos = model.tokenizer.eos_id, model.tokenizer.bos_id
     for row, hyps in enumerate(beam_search(model, memory, mask, prompt, options, lm=lm)):

@@ -58,14 +58,14 @@ def test_streaming_holds_at_most_one_chunk_of_inputs(kind, work, monkeypatch):
     model = mmseq.load(work[kind])
     files = work["audio" if kind == "speech" else "images"]
     loaded = 0
-    real_load = model.task.load_input
+    real_load = model.route().task.load_input
 
     def counting_load(source, training=False):
         nonlocal loaded
         loaded += 1
         return real_load(source, training)
 
-    monkeypatch.setattr(model.task, "load_input", counting_load)
+    monkeypatch.setattr(model.route().task, "load_input", counting_load)
     answered, held, errors = set(), 0, 0
     for index, result in iter_decode(model, files, batch_size=32, chunk_size=100):
         assert index not in answered

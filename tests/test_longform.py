@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import make_model, sentences
-from mmseq.longform import (LongformOptions, Window, decode_long, energy_pauses, join_texts, merge_overlap,
+from mmseq.inference import decode_long
+from mmseq.longform import (LongformOptions, Window, energy_pauses, join_texts, merge_overlap,
                             split_audio)
 
 RATE = 16000
@@ -170,12 +171,25 @@ class FakeCTCModel:
             labels[last] = tokenizer.encode(" ")[0]
         self.log_probs = (10.0 * torch.nn.functional.one_hot(labels, tokenizer.vocab_size)).log_softmax(-1)
 
+    def route(self, name=None, kind=None):
+        from types import SimpleNamespace
+
+        model = self
+
+        class Encoder:
+            sample_rate = RATE
+
+            def __call__(self, part, lengths):
+                return model.encode(part, lengths)
+
+        return SimpleNamespace(name="asr", encoder=Encoder(), ctc_head=self.ctc_head)
+
     def encode(self, part, lengths):
         first = part.storage_offset() // self.hop  # the test's pieces are views of one recording
         frames = torch.arange(first, first + -(-part.shape[1] // self.hop)).clamp(max=len(self.log_probs) - 1)
         return frames[None, :, None].float(), torch.ones(1, len(frames), dtype=torch.bool)
 
-    def ctc_log_probs(self, memory):
+    def ctc_log_probs(self, memory, head=None):
         return self.log_probs[memory[..., 0].long()]
 
 

@@ -292,8 +292,8 @@ def test_python_tokenize_matches_ptb_on_typical_captions():
 
 
 def test_caption_metrics_without_java(monkeypatch):
-    monkeypatch.setattr(metrics, "java_problem", lambda: "no 'java' on PATH")
-    monkeypatch.setattr(metrics, "ptb_tokenize", lambda captions: pytest.fail("ptb_tokenize needs Java"))
+    monkeypatch.setattr(metrics.captions, "java_problem", lambda: "no 'java' on PATH")
+    monkeypatch.setattr(metrics.captions, "ptb_tokenize", lambda captions: pytest.fail("ptb_tokenize needs Java"))
     with pytest.warns(UserWarning, match="METEOR is skipped"):
         scores = caption_metrics(REFERENCES, HYPOTHESES)
     assert "METEOR" not in scores

@@ -17,7 +17,7 @@ def training_batch(model, texts, seconds, prompt_extra=()):
     """A batch as the task's collate makes it, with optional extra prompt ids after the task token."""
     tokenizer = model.tokenizer
     batch = waveform_batch(seconds)
-    prefix = [tokenizer.bos_id] + model.task.prompt() + list(prompt_extra)
+    prefix = [tokenizer.bos_id] + model.route().task.prompt() + list(prompt_extra)
     sequences = [prefix + tokenizer.encode(text) + [tokenizer.eos_id] for text in texts]
     tokens = torch.full((len(texts), max(map(len, sequences))), tokenizer.pad_id)
     for row, sequence in enumerate(sequences):
@@ -35,7 +35,7 @@ def test_loss_parts_combine_as_a_weighted_sum(char_tokenizer):
     batch = training_batch(model, TEXTS, SECONDS)
     parts = {}
     for weight in (0.0, 0.3, 1.0):
-        model.config.ctc_weight = weight  # the head stays: only the mix changes
+        model.route().ctc_weight = weight  # the head stays: only the mix changes
         parts[weight] = model(batch)
     attention, ctc = parts[0.3]["attention_loss"], parts[0.3]["ctc_loss"]
     for weight, out in parts.items():
@@ -125,7 +125,7 @@ def test_save_load_round_trip(tiny_model, tmp_path):
     files = sorted(p.name for p in folder.iterdir())
     assert files == ["config.json", "model.safetensors"]  # a char tokenizer lives in config.json
     config = json.loads((folder / "config.json").read_text())
-    assert config["task"] == "asr" and config["model"]["encoder"]["name"] == "conformer"
+    assert list(config["model"]["tasks"]) == ["asr"] and config["model"]["tasks"]["asr"]["encoder"]["name"] == "conformer"
     assert config["tokenizer"]["type"] == "char"
     loaded = mmseq.load(folder)
     assert not loaded.training
@@ -199,8 +199,9 @@ def test_weights_of_another_shape_are_refused(char_tokenizer, tmp_path):
 def test_unknown_encoder_task_or_missing_section_is_a_config_error(tiny_model, tmp_path):
     folder = tiny_model.save(tmp_path / "checkpoint")
     original = json.loads((folder / "config.json").read_text())
-    for change, message in [({"model": {**original["model"], "encoder": {"name": "wavlm-huge"}}}, "wavlm-huge"),
-                            ({"task": "juggling"}, "juggling")]:
+    route = original["model"]["tasks"]["asr"]
+    for change, message in [({"encoder": {"name": "wavlm-huge"}}, "wavlm-huge"), ({"task": "juggling"}, "juggling")]:
+        change = {"model": {**original["model"], "tasks": {"asr": {**route, **change}}}}
         (folder / "config.json").write_text(json.dumps({**original, **change}))
         with pytest.raises(ConfigError, match=message):
             mmseq.load(folder)

@@ -12,7 +12,7 @@ from mmseq.data.batching import BucketBatchSampler, bucket_batches
 from mmseq.errors import ConfigError, InputError, ManifestError
 from mmseq.model import ModelConfig, Seq2Seq
 from mmseq.tasks import ExampleDataset
-from mmseq.tasks.multitask import TaskReferences
+from mmseq.tasks import TaskReferences
 from mmseq.tokenizer import CharTokenizer
 
 TEXT_ENCODER = dict(name="text", tokenizer={"type": "char", "vocab": "0123456789"}, dim=32, layers=1, heads=2,
@@ -68,11 +68,14 @@ def test_groups_keep_batches_apart_and_one_group_changes_nothing():
 def test_one_decoder_an_encoder_per_task_and_checks(tokenizer):
     model = make_model(tokenizer)
     assert set(model.encoders) == {"asr", "text"} and set(model.ctc_heads) == {"asr"}
-    assert model.task.name == "multitask" and set(model.task.tasks) == {"asr", "text"}
-    assert model.task_for("text").prompt() == [tokenizer.token_id("<|text|>")]
-    assert model.task_for("asr").prompt() == [tokenizer.token_id("<|asr|>")]
-    with pytest.raises(InputError, match="serves asr, text"):
-        model.task_for("caption")
+    assert set(model.routes) == {"asr", "text"} and set(model.task.tasks) == {"asr", "text"}
+    assert model.route("text").task.prompt() == [tokenizer.token_id("<|text|>")]
+    assert model.route("asr").task.prompt() == [tokenizer.token_id("<|asr|>")]
+    assert model.route(kind="text").name == "text"  # one route of that kind: no name needed
+    with pytest.raises(InputError, match="no task 'caption'; its tasks: asr, text"):
+        model.route("caption")
+    with pytest.raises(InputError, match="say which with --task .*its tasks: asr, text"):
+        model.route()
     wide = tasks_config(text={"encoder": {**TEXT_ENCODER, "dim": 48}})
     with pytest.raises(ConfigError, match="one width"):
         make_model(tokenizer, wide)
@@ -80,7 +83,7 @@ def test_one_decoder_an_encoder_per_task_and_checks(tokenizer):
         make_model(tokenizer, tasks_config(text={"encoder": dict(TEXT_ENCODER), "weight": 2}))
     with pytest.raises(ConfigError, match="task: multitask"):
         Seq2Seq(ModelConfig(decoder=dict(TINY_DECODER), tasks=tasks_config()), tokenizer, "asr")
-    with pytest.raises(ConfigError, match="task: multitask"):
+    with pytest.raises(ConfigError, match="task: multitask needs model.tasks"):
         Seq2Seq(ModelConfig(decoder=dict(TINY_DECODER)), tokenizer, "multitask")
 
 
@@ -135,7 +138,7 @@ def test_scores_split_by_task_and_the_marks_survive_pickling(tokenizer):
     assert scores["text/exact"] == 50.0 and scores["text/examples"] == 2
     assert scores["asr/wer"] == 50.0 and scores["asr/examples"] == 1
     alone = task.score(references[:1], ["one two"])
-    assert alone["exact"] == 100.0 and "bleu" in alone  # one task: its own names
+    assert alone["text/exact"] == 100.0 and "asr/wer" not in alone  # a table of several: always by task
     with pytest.raises(InputError, match="marked with their task"):
         task.score([["one"]], ["one"])
 
@@ -146,13 +149,13 @@ def test_save_load_and_decode_each_task(tokenizer, tmp_path):
     model = make_model(tokenizer).eval()
     model.save(tmp_path / "checkpoint")
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
-    assert saved["task"] == "multitask" and set(saved["model"]["tasks"]) == {"asr", "text"}
+    assert "task" not in saved and set(saved["model"]["tasks"]) == {"asr", "text"}
     loaded = mmseq.load(tmp_path / "checkpoint")
     assert loaded.translate(["12", "7"], beam_size=2) == model.translate(["12", "7"], beam_size=2)
     waves = waveform_batch([0.5, 0.3])
     audio = [waves["inputs"][0, : waves["lengths"][0]], waves["inputs"][1, : waves["lengths"][1]]]
     assert loaded.transcribe(audio, beam_size=2) == model.transcribe(audio, beam_size=2)
-    with pytest.raises(InputError, match="say which one"):
+    with pytest.raises(InputError, match="say which with --task"):
         loaded.generate({"inputs": torch.zeros(1, 3, dtype=torch.long), "lengths": torch.tensor([3])})
     # Each task's decoding settings apply: the text task stops at max_length=20 new tokens.
     hyps = loaded.generate({"inputs": torch.tensor([[5, 6, 2]]), "lengths": torch.tensor([3]), "task": "text"})
@@ -181,6 +184,10 @@ def test_train_then_eval_each_task_and_the_mix(tokenizer, mixed_manifest, tmp_pa
     numbers.write_text("".join(json.dumps({"id": s, "source": s, "text": t}) + "\n" for s, t in NUMBERS))
     assert main(["eval", str(tmp_path / "out" / "best"), str(numbers), "--out", str(tmp_path / "eval-text")]) == 0
     metrics = json.loads((tmp_path / "eval-text" / "metrics.json").read_text())
+    assert {"text/bleu", "text/chrf", "text/exact"} <= set(metrics) and metrics["examples"] == 4
+    assert main(["eval", str(tmp_path / "out" / "best"), str(numbers), "--task", "text",
+                 "--out", str(tmp_path / "eval-task")]) == 0
+    metrics = json.loads((tmp_path / "eval-task" / "metrics.json").read_text())  # one task: its own names
     assert {"bleu", "chrf", "exact"} <= set(metrics) and metrics["examples"] == 4
 
 

@@ -108,7 +108,7 @@ def test_train_transcribe_and_eval_through_the_commands(site, tmp_path):
     trained = mmseq_command(site, "train", str(path))
     assert trained.returncode == 0, trained.stderr[-2000:]
     best = tmp_path / "out" / "best"
-    assert json.loads((best / "config.json").read_text())["model"]["encoder"]["name"] == "waveform"
+    assert json.loads((best / "config.json").read_text())["model"]["tasks"]["asr"]["encoder"]["name"] == "waveform"
     log = (tmp_path / "out" / "log.csv").read_text().splitlines()
     assert sum(",train," in line for line in log) >= 2  # optimizer steps were taken and logged
 

@@ -106,21 +106,27 @@ def _edit(checkpoint: Path, change) -> Path:
     return path
 
 
+def _route(config: dict) -> dict:
+    return config["model"]["tasks"]["asr"]
+
+
 CONFIG_CHANGES = {
-    "unknown-encoder": (lambda c: c["model"]["encoder"].update(name="evil_encoder"), "unknown encoder 'evil_encoder'"),
-    "unknown-task": (lambda c: c.update(task="evil_task"), "unknown task 'evil_task'"),
+    "unknown-encoder": (lambda c: _route(c)["encoder"].update(name="evil_encoder"), "unknown encoder 'evil_encoder'"),
+    "unknown-task": (lambda c: _route(c).update(task="evil_task"), "unknown task 'evil_task'"),
     "unknown-tokenizer": (lambda c: c["tokenizer"].update(type="evil"), "unknown tokenizer 'evil'"),
-    "unknown-encoder-setting": (lambda c: c["model"]["encoder"].update(evil=1), "evil"),
+    "unknown-encoder-setting": (lambda c: _route(c)["encoder"].update(evil=1), "evil"),
+    "unknown-route-setting": (lambda c: _route(c).update(evil=1), "unknown setting 'evil'"),
     "unknown-model-setting": (lambda c: c["model"].update(evil=1), "evil"),
     "unknown-decoder-setting": (lambda c: c["model"]["decoder"].update(evil=1), "evil"),
     "unknown-decoding-setting": (lambda c: c.update(decoding={"evil": 1}), "evil"),
-    "no-task": (lambda c: c.pop("task"), "lacks 'task'"),
-    "no-encoder-name": (lambda c: c["model"]["encoder"].pop("name"), "unknown encoder None"),
+    "no-model": (lambda c: c.pop("model"), "lacks 'model'"),
+    "no-encoder-name": (lambda c: _route(c)["encoder"].pop("name"), "needs a 'name'"),
     "tokenizer-without-type": (lambda c: c["tokenizer"].pop("type"), "type"),
     "model-is-a-string": (lambda c: c.update(model="conformer"), "describes no model"),
-    "encoder-is-a-string": (lambda c: c["model"].update(encoder="conformer"), "describes no model"),
-    "width-is-a-string": (lambda c: c["model"]["encoder"].update(dim="wide"), "describes no model"),
-    "ctc-weight-is-a-string": (lambda c: c["model"].update(ctc_weight="high"), "describes no model"),
+    "route-is-a-string": (lambda c: c["model"]["tasks"].update(asr="conformer"), "expected a mapping"),
+    "encoder-names-no-route": (lambda c: _route(c).update(encoder="conformer"), "names no route"),
+    "width-is-a-string": (lambda c: _route(c)["encoder"].update(dim="wide"), "describes no model"),
+    "ctc-weight-is-a-string": (lambda c: _route(c).update(ctc_weight="high"), "describes no model"),
     "vocabulary-is-a-number": (lambda c: c["tokenizer"].update(vocab=5), "describes no model"),
 }
 
@@ -167,8 +173,8 @@ def test_checkpoint_never_reads_the_backbone_weights_it_was_built_from(tokenizer
     folder = model.save(tmp_path / "captioner")
     evil = tmp_path / "backbone.pth"
     evil.write_bytes(payload_bytes(marker))
-    _edit(folder, lambda c: c["model"]["encoder"].update(pretrained=True, pretrained_file=str(evil)))
-    assert mmseq.load(folder).task_name == "caption"
+    _edit(folder, lambda c: c["model"]["tasks"]["caption"]["encoder"].update(pretrained=True, pretrained_file=str(evil)))
+    assert mmseq.load(folder).route().kind == "caption"
 
 
 @pytest.mark.parametrize("encoder", ["timm", "torchvision"])

@@ -98,7 +98,7 @@ def test_beam_candidates_and_the_cached_frequencies(tmp_path, corpus, tokenizer)
     objective = SelfCriticalObjective(model, scst_config(candidates="beam", count=3), examples, tmp_path)
     batch = image_batch(model, corpus)
     memory, mask = model.encode(batch["inputs"], None)
-    candidates = draw_candidates(model, memory, mask, model.task.prompt(), objective.config)
+    candidates = draw_candidates(model, memory, mask, model.route().task.prompt(), objective.config)
     assert candidates.shape[0] == 4 * 3
     assert (candidates == tokenizer.eos_id).any(1).all()  # every candidate ends
     assert torch.isfinite(objective(batch)["loss_sum"])
@@ -179,10 +179,11 @@ def test_scst_stage_through_the_trainer(tmp_path, corpus, tokenizer):
     assert any(changed)
 
 
-def test_scst_needs_a_checkpoint_of_the_same_task(tmp_path, corpus, tokenizer):
+def test_scst_needs_a_checkpoint_with_a_caption_task(tmp_path, corpus, tokenizer):
+    from conftest import make_model
     from mmseq.train import Trainer
 
-    make_caption_model(tokenizer).save(tmp_path / "xe")
+    make_model(tokenizer).save(tmp_path / "xe")  # a speech model
     config = load_config(None, ["task=asr", f"output_dir={tmp_path / 'out'}", f"data.train={corpus}",
                                 "scst.enabled=true", f"scst.init_from={tmp_path / 'xe'}"])
     with pytest.raises(ConfigError, match="caption"):

@@ -57,7 +57,7 @@ def all_scores(model, memory, mask, limit, length_penalty):
     normalised score, scored the way the search scores (specials suppressed, ``</s>`` free at
     the limit). Returns ``[(score, tokens)]`` best first, for the single input of ``memory``."""
     tokenizer = model.tokenizer
-    prefix = [tokenizer.bos_id] + model.task.prompt()
+    prefix = [tokenizer.bos_id] + model.route().task.prompt()
     letters = range(len(tokenizer.special_tokens), tokenizer.vocab_size)
     results = []
     for length in range(limit):
@@ -78,14 +78,14 @@ def test_core_wide_beam_finds_the_best_output_by_brute_force(abc_model, length_p
     memory, mask = encoded(abc_model, [0.5], seed=1)
     expected = all_scores(abc_model, memory, mask, 4, length_penalty)  # 1 + 3 + 9 + 27 outputs
     options = DecodingOptions(beam_size=30, max_length=4, nbest=5, length_penalty=length_penalty)
-    hyps = beam_search(abc_model, memory, mask, abc_model.task.prompt(), options)[0]
+    hyps = beam_search(abc_model, memory, mask, abc_model.route().task.prompt(), options)[0]
     assert [h.tokens for h in hyps] == [tokens for _, tokens in expected[:5]]
     assert [h.score for h in hyps] == pytest.approx([score for score, _ in expected[:5]], abs=1e-4)
 
 
 def test_core_nbest_is_ordered_and_distinct(tiny_model):
     memory, mask = encoded(end_near(tiny_model), [0.5, 0.7])
-    for hyps in beam_search(tiny_model, memory, mask, tiny_model.task.prompt(),
+    for hyps in beam_search(tiny_model, memory, mask, tiny_model.route().task.prompt(),
                             DecodingOptions(beam_size=5, nbest=4, max_length=10)):
         assert len(hyps) == 4
         scores = [h.score for h in hyps]
@@ -99,7 +99,7 @@ def test_core_nbest_is_ordered_and_distinct(tiny_model):
 def test_core_beam_one_equals_greedy(char_tokenizer, seed):
     model = end_near(make_model(char_tokenizer, seed=seed), per_frame=0.3 + 0.2 * seed)
     memory, mask = encoded(model, [0.4, 0.8, 0.6], seed)
-    prompt = model.task.prompt()
+    prompt = model.route().task.prompt()
     # Without a length penalty, beam 1 is greedy: same tokens, same score.
     options = DecodingOptions(beam_size=1, max_length=15, length_penalty=0.0)
     greedy = greedy_search(model, memory, mask, prompt, options)
@@ -120,7 +120,7 @@ def test_core_larger_beams_never_score_worse(char_tokenizer):
         memory, mask = encoded(model, [0.5, 0.8, 0.3], seed)
         previous = None
         for beam_size in (1, 2, 4, 8):
-            hyps = beam_search(model, memory, mask, model.task.prompt(),
+            hyps = beam_search(model, memory, mask, model.route().task.prompt(),
                                DecodingOptions(beam_size=beam_size, max_length=12))
             scores = torch.tensor([h[0].score for h in hyps])
             if previous is not None:
@@ -135,13 +135,13 @@ def test_core_batched_beam_equals_one_at_a_time(char_tokenizer, ctc_weight):
     memory, mask = encoded(model, seconds, seed=2)
     options = DecodingOptions(beam_size=4, nbest=3, max_length=30, max_length_ratio=1.0, ctc_weight=ctc_weight)
     ctc = model.ctc_log_probs(memory) if ctc_weight else None
-    batched = beam_search(model, memory, mask, model.task.prompt(), options, ctc)
+    batched = beam_search(model, memory, mask, model.route().task.prompt(), options, ctc)
     assert len({len(hyps[0].tokens) for hyps in batched}) > 1  # inputs finish at different steps
     for row, hyps in enumerate(batched):
         frames = int(mask[row].sum())
         alone_memory, alone_mask = memory[row:row + 1, :frames], mask[row:row + 1, :frames]
         alone_ctc = model.ctc_log_probs(alone_memory) if ctc_weight else None
-        alone = beam_search(model, alone_memory, alone_mask, model.task.prompt(), options, alone_ctc)[0]
+        alone = beam_search(model, alone_memory, alone_mask, model.route().task.prompt(), options, alone_ctc)[0]
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-4)
 
@@ -150,12 +150,12 @@ def test_core_batched_greedy_equals_one_at_a_time(tiny_model):
     model = end_near(tiny_model)
     memory, mask = encoded(model, [0.5, 0.9, 0.3])
     options = DecodingOptions(max_length=30)
-    batched = greedy_search(model, memory, mask, model.task.prompt(), options)
+    batched = greedy_search(model, memory, mask, model.route().task.prompt(), options)
     assert len({len(hyp.tokens) for hyp in batched}) > 1
     for row, hyp in enumerate(batched):
         frames = int(mask[row].sum())
         alone = greedy_search(model, memory[row:row + 1, :frames], mask[row:row + 1, :frames],
-                              model.task.prompt(), options)[0]
+                              model.route().task.prompt(), options)[0]
         assert hyp.tokens == alone.tokens and hyp.score == pytest.approx(alone.score, abs=1e-5)
 
 
@@ -165,14 +165,14 @@ def test_core_max_length_ratio_is_respected(tiny_model, beam_size):
     frames = mask.sum(1).tolist()
     options = DecodingOptions(beam_size=beam_size, max_length=100, max_length_ratio=0.5, nbest=beam_size)
     search = greedy_search if beam_size == 1 else beam_search
-    results = search(tiny_model, memory, mask, tiny_model.task.prompt(), options)
+    results = search(tiny_model, memory, mask, tiny_model.route().task.prompt(), options)
     for count, hyps in zip(frames, results):
         hyps = hyps if isinstance(hyps, list) else [hyps]
         longest = math.ceil(count * 0.5)
         assert all(len(h.tokens) <= longest for h in hyps)
         assert max(len(h.tokens) for h in hyps) == longest
     options = DecodingOptions(beam_size=beam_size, max_length=3)
-    results = search(tiny_model, memory, mask, tiny_model.task.prompt(), options)
+    results = search(tiny_model, memory, mask, tiny_model.route().task.prompt(), options)
     assert all(len(h.tokens) <= 2 for hyps in results for h in (hyps if isinstance(hyps, list) else [hyps]))
 
 
@@ -180,7 +180,7 @@ def test_core_max_length_ratio_is_respected(tiny_model, beam_size):
 def test_core_min_length_is_respected(char_tokenizer, beam_size):
     model = end_near(make_model(char_tokenizer, seed=1), per_frame=0.0, offset=0.0)
     memory, mask = encoded(model, [0.3, 0.6])
-    prompt = model.task.prompt()
+    prompt = model.route().task.prompt()
     search = greedy_search if beam_size == 1 else beam_search
 
     def lengths(min_length):

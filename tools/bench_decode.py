@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         memory, mask = model.encode(inputs, lengths)
         hf_memory = model.decoder.memory_proj(memory)  # ours projects it once per input inside the search
-    prompt = model.task.prompt()
+    prompt = model.route().task.prompt()
     tokens = args.batch * args.length
     print(f"decoder: {args.layers} layers, width {args.dim}, {args.heads} heads, ffn {args.ffn}, vocab {args.vocab}; "
           f"batch {args.batch}, {args.length} new tokens each, {memory.shape[1]} memory frames at most; "

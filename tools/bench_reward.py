@@ -63,7 +63,7 @@ def build_model(arguments, captions: list[str], folder: Path):
 
 def image_batch(model, examples: list[dict], count: int, device) -> torch.Tensor:
     try:
-        images = [model.task.load_input(example["image"], training=True) for example in examples[:count]]
+        images = [model.route().task.load_input(example["image"], training=True) for example in examples[:count]]
         return torch.stack(images).to(device)
     except InputError:
         size = model.encoder.data_config()["input_size"]
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     inputs = image_batch(model, batch_examples, images, device)
     settings = SCSTConfig(enabled=True, init_from="-", count=count).check()
 
-    prompt = model.task.prompt()
+    prompt = model.route().task.prompt()
     prefix = torch.tensor([model.tokenizer.bos_id] + prompt, device=device)
     with torch.no_grad():
         memory, memory_mask = model.encode(inputs, None)

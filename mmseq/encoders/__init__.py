@@ -4,5 +4,6 @@ from .base import ENCODERS, Encoder, create_encoder, lengths_to_mask, list_encod
 from . import speech  # noqa: F401  (registers the speech encoders)
 from . import image  # noqa: F401  (registers the image encoders)
 from . import text  # noqa: F401  (registers the text encoder)
+from . import null  # noqa: F401  (registers the null encoder of language models)
 
 __all__ = ["ENCODERS", "Encoder", "create_encoder", "lengths_to_mask", "list_encoders", "register_encoder"]

@@ -6,6 +6,7 @@ import torch
 
 from ..data.audio import as_waveform
 from ..errors import InputError, ManifestError
+from ..metrics import Metric
 from .base import Task, register_task
 
 
@@ -13,8 +14,8 @@ from .base import Task, register_task
 class SpeechRecognition(Task):
     name = "asr"
     input_field = "audio"
-    metric = "wer"
-    higher_is_better = False
+    extensions = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
+    metrics = (Metric("wer", False), Metric("cer", False))
 
     def read(self, manifest, training: bool, skip_errors: bool = False):
         import soundfile

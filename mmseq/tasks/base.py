@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import InputError, ManifestError, TokenizerError
 from ..data.manifest import read_manifest
+from ..errors import ConfigError, InputError, ManifestError, TokenizerError
+from ..metrics import ACCURACY, LOSS, Metric
 from ..registry import Registry
 
 TASKS = Registry("task")
@@ -16,18 +17,38 @@ register_task = TASKS.register
 class Task:
     """A task knows its inputs and metrics; the model, trainer and search do not.
 
-    Subclasses set ``name``, ``input_field`` (the manifest field holding the input), ``metric``
-    (the headline metric), ``higher_is_better``, and implement ``load_input``,
-    ``collate_inputs`` and ``score``.
+    Subclasses set ``name`` (the kind registered), ``input_field`` (the manifest field holding the
+    input), ``extensions`` (file endings of its inputs), ``metrics`` (the :class:`Metric` of each
+    score it reports), and implement ``load_input``, ``collate_inputs`` and ``score``.
+
+    An instance serves one route of a model: ``name`` is then the route's name (several routes may
+    be of one kind) and ``prompt`` (``"<|asr|>"`` style, default: the kind's token) what the
+    decoder is forced through after ``<s>``.
     """
 
     name = "base"
     input_field = "input"
-    metric = "loss"
-    higher_is_better = False
+    extensions: tuple[str, ...] = ()
+    metrics: tuple[Metric, ...] = ()
 
-    def __init__(self, encoder, tokenizer, max_tokens: int = 512):
+    def __init__(self, encoder, tokenizer, max_tokens: int = 512, name: str | None = None,
+                 prompt: str | None = None):
         self.encoder, self.tokenizer, self.max_tokens = encoder, tokenizer, max_tokens
+        self.name = name or type(self).name
+        self._prompt = None if prompt is None else tokenizer.encode_prompt(prompt)
+
+    @property
+    def kind(self) -> str:
+        """The registered task this route is of (``asr``, ``caption``, ``text``, ``lm``)."""
+        return type(self).name
+
+    def metric(self, name: str) -> Metric:
+        """The :class:`Metric` called ``name`` (``loss`` and ``accuracy`` are every task's)."""
+        for metric in (LOSS, ACCURACY, *self.metrics):
+            if metric.name == name:
+                return metric
+        known = ", ".join(m.name for m in (LOSS, ACCURACY, *self.metrics))
+        raise ConfigError(f"{name!r} is not a metric of task {self.name!r}: {known}")
 
     # -- examples ---------------------------------------------------------------------------
     def read(self, manifest, training: bool, skip_errors: bool = False):
@@ -43,15 +64,18 @@ class Task:
         return 1.0
 
     def prompt(self) -> list[int]:
-        """Ids the decoder is forced through after ``<s>``: the task token."""
-        return [self.tokenizer.token_id(f"<|{self.name}|>")]
+        """Ids the decoder is forced through after ``<s>``: the route's prompt, by default the
+        kind's task token."""
+        if self._prompt is not None:
+            return list(self._prompt)
+        return [self.tokenizer.token_id(f"<|{self.kind}|>")]
 
     def group(self, example: dict) -> str:
-        """Examples of different groups never share a batch (a multitask model's tasks)."""
+        """Examples of different groups never share a batch (see :class:`TaskTable`)."""
         return self.name
 
     def for_example(self, example: dict) -> "Task":
-        """The task that loads ``example``: itself (a multitask model's sub-task)."""
+        """The task that loads ``example``: itself (a :class:`TaskTable` picks the example's route)."""
         return self
 
     # -- inputs -----------------------------------------------------------------------------
@@ -97,9 +121,11 @@ class Task:
 
 
 class ExampleDataset(Dataset):
-    """Examples read lazily: a file that cannot be read becomes an ``error`` item, never a crash."""
+    """Examples read lazily: a file that cannot be read becomes an ``error`` item, never a crash.
+    ``task``: the model's :class:`TaskTable` (or one :class:`Task`); each example is loaded by its
+    route's task."""
 
-    def __init__(self, task: Task, examples: list[dict], training: bool):
+    def __init__(self, task, examples: list[dict], training: bool):
         self.task, self.examples, self.training = task, examples, training
 
     def __len__(self) -> int:
@@ -108,7 +134,7 @@ class ExampleDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         try:
-            task = self.task.for_example(example)  # a multitask model's examples each name their task
+            task = self.task.for_example(example)  # the route the example belongs to
             item = {"input": task.load_input(example[task.input_field], self.training), "task": task.name}
             # One target per text: an example may hold several (an image's captions, see Task.collate).
             item["tokens"] = [task.target_tokens(text) for text in example.get("texts") or [example["text"]]]
@@ -130,5 +156,6 @@ class ExampleDataset(Dataset):
         return item
 
 
-def create_task(name: str, encoder, tokenizer, max_tokens: int = 512) -> Task:
-    return TASKS.create(name, encoder=encoder, tokenizer=tokenizer, max_tokens=max_tokens)
+def create_task(kind: str, encoder, tokenizer, max_tokens: int = 512, **settings) -> Task:
+    """A registered task's instance for one route (``settings``: its ``name`` and ``prompt``)."""
+    return TASKS.get(kind)(encoder=encoder, tokenizer=tokenizer, max_tokens=max_tokens, **settings)

@@ -6,6 +6,7 @@ import torch
 
 from ..data.images import load_image
 from ..data.manifest import read_manifest
+from ..metrics import Metric
 from .base import Task, register_task
 
 
@@ -13,11 +14,12 @@ from .base import Task, register_task
 class ImageCaptioning(Task):
     name = "caption"
     input_field = "image"
-    metric = "CIDEr"
-    higher_is_better = True
+    extensions = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+    metrics = (*(Metric(f"Bleu_{n}", True) for n in range(1, 5)), Metric("METEOR", True), Metric("ROUGE_L", True),
+               Metric("CIDEr", True), Metric("SPICE", True))
 
-    def __init__(self, encoder, tokenizer, max_tokens: int = 512):
-        super().__init__(encoder, tokenizer, max_tokens)
+    def __init__(self, encoder, tokenizer, max_tokens: int = 512, **settings):
+        super().__init__(encoder, tokenizer, max_tokens, **settings)
         self._transforms = {}
 
     def read(self, manifest, training: bool, skip_errors: bool = False):

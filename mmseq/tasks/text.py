@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError, ManifestError
+from ..metrics import Metric
 from .base import Task, register_task
 
 
@@ -25,8 +26,8 @@ def exact_match(references: list[list[str]], hypotheses: list[str]) -> float:
 class TextToText(Task):
     name = "text"
     input_field = "source"
-    metric = "bleu"
-    higher_is_better = True
+    extensions = (".txt",)
+    metrics = (Metric("bleu", True), Metric("chrf", True), Metric("exact", True))
 
     def read(self, manifest, training: bool, skip_errors: bool = False):
         """Examples with their ``length`` in tokens: the longer of the source and the target, so
