@@ -29,6 +29,13 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _fail(error, path, reason: str):
+    """``error("PATH: reason")``, with ``reason`` kept as an attribute (for errors of another shape)."""
+    problem = error(f"{_show(os.fspath(path))}: {reason}")
+    problem.reason = reason
+    return problem
+
+
 def check_regular(path, what: str = "file", error=InputError) -> int:
     """Size in bytes of ``path`` if it is a regular file (links followed), else ``error`` naming it:
     missing, a folder, a FIFO, a device or a socket. ``what`` names the file's role in the message
@@ -37,11 +44,12 @@ def check_regular(path, what: str = "file", error=InputError) -> int:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise error(f"{_show(path)}: {what} not found") from None
+        raise _fail(error, path, f"{what} not found") from None
     except OSError as problem:  # permission denied on a folder above, a name too long, a loop of links
-        raise error(f"{_show(path)}: cannot open {what} ({problem.strerror or type(problem).__name__})") from None
+        raise _fail(error, path, f"cannot open {what} ({problem.strerror or type(problem).__name__})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{_show(path)}: is {_kind(info.st_mode)}, not a regular {what}")
+        kind = _kind(info.st_mode)
+        raise _fail(error, path, f"is {kind}, not a {'file' if kind == 'a folder' else 'regular file'} ({what} expected)")
     return info.st_size
 
 
@@ -53,10 +61,10 @@ def open_regular(path, what: str = "file", error=InputError):
     try:
         fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as problem:
-        raise error(f"{_show(path)}: cannot open {what} ({problem.strerror or type(problem).__name__})") from None
+        raise _fail(error, path, f"cannot open {what} ({problem.strerror or type(problem).__name__})") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise error(f"{_show(path)}: is not a regular {what}")
+        raise _fail(error, path, f"is not a regular {what}")
     if hasattr(os, "set_blocking"):
         os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
@@ -67,11 +75,11 @@ def read_regular_file(path, limit: int, what: str = "file", error=InputError) ->
     :func:`check_regular`). Reads at most ``limit + 1`` bytes whatever the file's size claims."""
     size = check_regular(path, what, error)
     if size > limit:
-        raise error(f"{_show(path)}: {what} of {size} bytes is larger than the limit of {limit} bytes")
+        raise _fail(error, path, f"{what} of {size} bytes is larger than the limit of {limit} bytes")
     with open_regular(path, what, error) as file:
         data = file.read(limit + 1)
     if len(data) > limit:  # grew since the stat
-        raise error(f"{_show(path)}: {what} is larger than the limit of {limit} bytes")
+        raise _fail(error, path, f"{what} is larger than the limit of {limit} bytes")
     return data
 
 
