@@ -18,6 +18,8 @@ def evaluate(model, manifest, out_dir, batch_size: int = 16, prompt=None, num_wo
              **options) -> dict:
     """Metrics of ``model`` on ``manifest``. Unreadable lines and files are skipped, reported on
     stderr and counted in ``metrics["skipped"]``; nothing else is lost."""
+    from .data.files import check_output_folder
+    check_output_folder(out_dir, "output folder")  # before decoding: a bad --out must not lose the work
     task = model.task
     examples, errors = task.read(manifest, training=False, skip_errors=True)
     lengths = [task.length(e) for e in examples]

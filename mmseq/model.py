@@ -320,12 +320,8 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
         pickles = [p.name for p in folder.iterdir() if p.suffix in {".pt", ".pth", ".bin", ".pkl", ".ckpt"}]
         hint = f"; it holds {', '.join(pickles)}, which mmseq never unpickles" if pickles else ""
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}{hint}")
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"{folder / CONFIG_FILE}: corrupt config ({error})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{folder / CONFIG_FILE}: corrupt config (a JSON {type(config).__name__}, not an object)")
+    from .checks import check_task_encoder, check_weights, read_checkpoint_config
+    config = read_checkpoint_config(folder)  # regular files only, every setting in range (mmseq/checks.py)
     try:
         # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.
         model_config = config.get("model", {})
@@ -342,8 +338,11 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
         # A setting this version does not know, or a value of the wrong type.
         raise ConfigError(f"{folder / CONFIG_FILE}: describes no model mmseq can build "
                           f"({type(error).__name__}: {_one_line(error)})") from None
+    check_task_encoder(model.task_name, getattr(model, "encoder", None), "model.encoder", str(folder / CONFIG_FILE))
     try:
-        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"), strict=True)
+        weights = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+        check_weights(weights, model.state_dict(), str(folder / WEIGHTS_FILE))
+        model.load_state_dict(weights, strict=True)
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: corrupt or incompatible weights ({_one_line(error)})") from None
     training = config.get("training")

@@ -42,6 +42,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .checks import check_resume_model
+from .data.files import check_output_folder
 from .config import Config, config_to_dict
 from .data.batching import BucketBatchSampler
 from .errors import CheckpointError, ConfigError, MmseqError
@@ -281,6 +283,8 @@ class Trainer:
 
     def _check_settings(self) -> None:
         trainer = self.config.trainer
+        self.config.check()  # every range (mmseq/checks.py), before any work
+        check_output_folder(self.out, "output_dir", ConfigError)
         if not self.config.data.train:
             raise ConfigError("data.train: no training manifest given")
         if trainer.accumulate < 1:
@@ -315,6 +319,8 @@ class Trainer:
             except (CheckpointError, ConfigError) as error:
                 self.log_message(f"cannot resume from {folder} ({error}); trying the one before")
                 failures.append(error)
+        if self.resume_from is not None:
+            check_resume_model(config.model, self.model.config, self.resume_from)
         if checkpoints and self.resume_from is None:
             # Starting afresh would quietly put new checkpoints beside (and over) the old run's.
             raise TrainingError(f"{self.out}: no checkpoint can be resumed from ({len(checkpoints)} tried; the "
@@ -326,6 +332,8 @@ class Trainer:
             from .data.manifest import read_manifest
             lines = read_manifest(config.data.train, (), skip_errors=True)[0]
             texts = [e["text"] for e in lines if "text" in e] + [c for e in lines for c in e.get("captions", [])]
+            if not texts:  # before sentencepiece, which fails on an empty corpus with its own message
+                raise TrainingError(f"{config.data.train}: no usable examples")
             tokenizer = self._tokenizer(texts)
             self.model = Seq2Seq(config.model, tokenizer, config.task, asdict(config.decoding))
         self.model.to(self.device).train()
