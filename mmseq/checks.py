@@ -243,6 +243,20 @@ def check_resume_model(wanted, saved, folder) -> None:
 MAX_CONFIG_JSON_BYTES = 10_000_000
 
 
+def check_checkpoint_files(folder) -> None:
+    """:class:`CheckpointError` naming the first of a checkpoint's files that exists but is not a
+    regular file (a FIFO, a device, a folder): reading it would block or never end."""
+    import os
+    from pathlib import Path
+
+    from .data.files import check_regular
+    from .errors import CheckpointError
+
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer.json", "trainer_weights.safetensors"):
+        if os.path.lexists(Path(folder) / name):
+            check_regular(Path(folder) / name, "checkpoint file", CheckpointError)
+
+
 def read_checkpoint_config(folder) -> dict:
     """A checkpoint's ``config.json`` as a dict, its settings in range (model sizes, ``decoding``),
     every file the folder's loading reads a regular one (a FIFO as ``tokenizer.model`` hung the
@@ -256,9 +270,7 @@ def read_checkpoint_config(folder) -> dict:
     from .errors import CheckpointError
 
     folder = Path(folder)
-    for name in ("model.safetensors", "tokenizer.model", "tokenizer.json"):
-        if os.path.lexists(folder / name):
-            check_regular(folder / name, "checkpoint file", CheckpointError)
+    check_checkpoint_files(folder)
     source = folder / "config.json"
     data = read_regular_file(source, MAX_CONFIG_JSON_BYTES, "checkpoint config", CheckpointError)
     try:

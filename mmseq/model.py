@@ -313,14 +313,15 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .checks import check_checkpoint_files, check_task_encoder, check_weights, read_checkpoint_config
     folder = Path(folder)
+    check_checkpoint_files(folder)  # a FIFO or device among its files is named, not waited on
     if not (folder / CONFIG_FILE).is_file():
         raise CheckpointError(f"{folder}: not a checkpoint folder (no {CONFIG_FILE})")
     if not (folder / WEIGHTS_FILE).is_file():
         pickles = [p.name for p in folder.iterdir() if p.suffix in {".pt", ".pth", ".bin", ".pkl", ".ckpt"}]
         hint = f"; it holds {', '.join(pickles)}, which mmseq never unpickles" if pickles else ""
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}{hint}")
-    from .checks import check_task_encoder, check_weights, read_checkpoint_config
     config = read_checkpoint_config(folder)  # regular files only, every setting in range (mmseq/checks.py)
     try:
         # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.

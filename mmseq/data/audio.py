@@ -103,6 +103,21 @@ def _read(path: str, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray
             raise InputError(f"{name}: cannot read audio ({str(error).strip() or type(error).__name__})") from None
 
 
+def audio_duration(path) -> float:
+    """Seconds of audio in a file, from its header (nothing is decoded); :class:`InputError` naming
+    it when it is not a regular file (a FIFO would block) or not audio libsndfile reads."""
+    import soundfile
+
+    path = os.fsdecode(os.fspath(path))
+    name = escape(path)
+    with open_regular(path, "audio file") as raw:
+        try:
+            with soundfile.SoundFile(raw) as audio:
+                return audio.frames / audio.samplerate
+        except Exception as error:
+            raise InputError(f"{name}: cannot read audio ({str(error).strip() or type(error).__name__})") from None
+
+
 def _read_in_child(path: str, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int]:
     """:func:`_read` in a forked child; its answer comes back through a pipe as ``.npy`` arrays
     (no pickle): a message (``"ok"`` or the error), then the rate and the samples."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.audio import as_waveform
+from ..data.audio import as_waveform, audio_duration
 from ..errors import InputError, ManifestError
 from .base import Task, register_task
 
@@ -17,14 +17,12 @@ class SpeechRecognition(Task):
     higher_is_better = False
 
     def read(self, manifest, training: bool, skip_errors: bool = False):
-        import soundfile
-
         examples, errors = super().read(manifest, training, skip_errors)
         kept = []
         for example in examples:  # the batch budget needs durations: read headers when absent
             if "duration" not in example:
                 try:
-                    example["duration"] = soundfile.info(example["audio"]).duration
+                    example["duration"] = audio_duration(example["audio"])  # a FIFO is refused, not waited on
                 except Exception:
                     path, line = example["_where"].rsplit(":", 1)
                     error = ManifestError(path, int(line), f"cannot read audio {example['audio']}")
