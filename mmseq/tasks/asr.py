@@ -23,9 +23,10 @@ class SpeechRecognition(Task):
             if "duration" not in example:
                 try:
                     example["duration"] = audio_duration(example["audio"])  # a FIFO is refused, not waited on
-                except Exception:
+                except Exception as problem:
                     path, line = example["_where"].rsplit(":", 1)
-                    error = ManifestError(path, int(line), f"cannot read audio {example['audio']}")
+                    error = ManifestError(path, int(line), str(problem) if isinstance(problem, InputError)
+                                          else f"cannot read audio {example['audio']}")
                     if not skip_errors:
                         raise error from None
                     errors.append(error)
