@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .longform import LongformOptions, Window, continuation_prompt, decode_windows, split_audio
 
 
@@ -78,6 +78,9 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
     ``task`` names the task of a multitask model ("asr", "caption", "text"); a single-task model
     needs none.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        # 0 raised deep inside, -1 gave every input an empty text
+        raise ConfigError(f"batch_size={batch_size!r}: must be a positive integer")
     task = model.task_for(task)
     longform = longform or LongformOptions(window=window, split=split, segment_pause=segment_pause)
     window = longform.window

@@ -487,6 +487,11 @@ def test_a_string_is_one_input_and_odd_types_are_each_their_own_error(char_token
     assert results[1] == alone[0] and results[4] == model.transcribe([str(b)])[0]
     for index in (0, 2, 3, 5, 6):
         assert isinstance(results[index], InputError) and str(results[index]).count("\n") == 0, results[index]
+    for batch_size in (0, -1, 2.5):  # the API's own options are checked too
+        with pytest.raises(ConfigError, match="batch_size"):
+            model.transcribe([str(a)], batch_size=batch_size)
+    with pytest.raises(ConfigError, match="decoding.beam_size"):
+        model.transcribe([str(a)], beam_size=100_000)
     with pytest.raises(InputError) as caught:  # errors="raise": raised after the others, texts kept
         model.transcribe(sources)
     assert caught.value.results[1] == alone[0]
