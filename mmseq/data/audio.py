@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import torch
@@ -34,6 +35,12 @@ def resample(waveform: torch.Tensor, sample_rate: int, target: int) -> torch.Ten
     _check_rate(sample_rate, "waveform")
     out = soxr.resample(waveform.detach().cpu().numpy().astype(np.float32, copy=False), sample_rate, target)
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def _why(error: Exception) -> str:
+    """soundfile's message without its "Error opening <file object>: " (it was given a file object)."""
+    text = re.sub(r"^Error opening <[^>]*>: ", "", str(error).strip())
+    return text or type(error).__name__
 
 
 def _check_rate(rate, name: str) -> None:
@@ -100,7 +107,7 @@ def _read(path: str, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray
         except InputError:
             raise
         except Exception as error:  # soundfile raises several kinds for corrupt files
-            raise InputError(f"{name}: cannot read audio ({str(error).strip() or type(error).__name__})") from None
+            raise InputError(f"{name}: cannot read audio ({_why(error)})") from None
 
 
 def audio_duration(path) -> float:
@@ -115,7 +122,7 @@ def audio_duration(path) -> float:
             with soundfile.SoundFile(raw) as audio:
                 return audio.frames / audio.samplerate
         except Exception as error:
-            raise InputError(f"{name}: cannot read audio ({str(error).strip() or type(error).__name__})") from None
+            raise InputError(f"{name}: cannot read audio ({_why(error)})") from None
 
 
 def _read_in_child(path: str, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int]:

@@ -25,8 +25,9 @@ class SpeechRecognition(Task):
                     example["duration"] = audio_duration(example["audio"])  # a FIFO is refused, not waited on
                 except Exception as problem:
                     path, line = example["_where"].rsplit(":", 1)
-                    error = ManifestError(path, int(line), str(problem) if isinstance(problem, InputError)
-                                          else f"cannot read audio {example['audio']}")
+                    why = getattr(problem, "reason", None)  # "is a FIFO ...", "audio file not found"
+                    error = ManifestError(path, int(line), f"cannot read audio {example['audio']}"
+                                          + (f" ({why})" if why else ""))
                     if not skip_errors:
                         raise error from None
                     errors.append(error)
