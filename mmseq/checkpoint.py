@@ -80,7 +80,10 @@ def _fsync_folder(folder: Path) -> None:
 def read_config(folder: str | os.PathLike) -> dict:
     """A checkpoint folder's ``config.json`` as a dict; :class:`CheckpointError` when the folder is
     no checkpoint (no config, no safetensors weights) or the config is not a JSON object."""
+    from .checks import check_checkpoint_files
+
     folder = Path(folder)
+    check_checkpoint_files(folder)  # a FIFO or device among its files is named, not waited on
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a checkpoint folder (no {CONFIG_FILE})")

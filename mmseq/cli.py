@@ -40,7 +40,9 @@ def _options(args) -> dict:
 def _load(args):
     import torch
 
+    from .checks import check_arguments
     from .model import load
+    check_arguments(args)  # every option in its range, before loading (mmseq/checks.py)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return load(args.checkpoint, device)
 
@@ -63,17 +65,22 @@ def command_train(args) -> int:
             return 128 + int(stop.sigval)
         return 0
     from .config import load_config
+    from .data.files import check_output_folder
     from .train import train
-    best = train(load_config(args.config, args.overrides))
+    config = load_config(args.config, args.overrides)
+    check_output_folder(config.output_dir, "output_dir")
+    best = train(config)
     if best is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
     return 0
 
 
 def command_eval(args) -> int:
+    from .data.files import check_output_folder
     from .evaluate import evaluate
-    model = _load(args)
     out = args.out or Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
+    check_output_folder(out, "--out folder")  # before decoding, not after
+    model = _load(args)
     metrics = evaluate(model, args.manifest, out, batch_size=args.batch_size, prompt=args.prompt, task=args.task,
                        **_options(args))
     width = max(map(len, metrics))
@@ -101,6 +108,7 @@ def _text_lines(paths: list[str]) -> list[str]:
 
 
 def _decode_files(args) -> int:
+    from .data.files import escape  # one line per input, whatever its name holds (a newline, non-UTF-8)
     from .inference import iter_decode
     from .errors import InputError
     model = _load(args)
@@ -119,13 +127,13 @@ def _decode_files(args) -> int:
             if args.command == "translate":
                 continue  # one output line per input line, in order, below
             if len(args.inputs) == 1 or not args.ordered:
-                print(f"{args.inputs[index]}\t{result}" if len(args.inputs) > 1 else result, flush=True)
+                print(f"{escape(args.inputs[index])}\t{result}" if len(args.inputs) > 1 else result, flush=True)
     if args.command == "translate":
         for index in range(len(args.inputs)):
             print(results.get(index, ""))
     elif args.ordered and len(args.inputs) > 1:
         for index in sorted(results):
-            print(f"{args.inputs[index]}\t{results[index]}")
+            print(f"{escape(args.inputs[index])}\t{results[index]}")
     if getattr(args, "attention", None):
         from .plots import plot_attention
         plot_attention(model, args.inputs[0], args.attention, prompt=args.prompt, task=route.name)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from . import checks
+from .errors import ConfigError, InputError
 from .model import ModelConfig
 from .scst import SCSTConfig
 from .search import DecodingOptions
@@ -28,6 +29,10 @@ class DataConfig:
     num_workers: int = 2  # DataLoader worker processes
     max_bad_examples: int = 100  # unreadable examples skipped in a run before training stops
 
+    def check(self, source: str = "") -> "DataConfig":
+        checks.check_fields(self, checks.DATA, "data", source)
+        return self
+
 
 @dataclass
 class TokenizerConfig:
@@ -35,6 +40,10 @@ class TokenizerConfig:
     vocab_size: int = 500  # sentencepiece only
     model_type: str = "unigram"  # sentencepiece only: "unigram" or "bpe"
     prompt_tokens: list[str] = field(default_factory=lambda: list(TASK_TOKENS))  # task and control tokens
+
+    def check(self, source: str = "") -> "TokenizerConfig":
+        checks.check_fields(self, checks.TOKENIZER, "tokenizer", source)
+        return self
 
 
 @dataclass
@@ -63,6 +72,15 @@ class TrainerConfig:
     activation_checkpointing: bool = False  # recompute each encoder/decoder layer in backward: less memory
     fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
 
+    def check(self, source: str = "") -> "TrainerConfig":
+        """Every setting in its range (see :data:`mmseq.checks.TRAINER`), and the device known."""
+        checks.check_fields(self, checks.TRAINER, "trainer", source)
+        try:
+            checks.check_device(self.device)
+        except ConfigError as error:
+            raise ConfigError(f"{source + ': ' if source else ''}trainer.{error}") from None
+        return self
+
 
 @dataclass
 class Config:
@@ -75,10 +93,46 @@ class Config:
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     scst: SCSTConfig = field(default_factory=SCSTConfig)  # self-critical training, a second stage (mmseq/scst.py)
 
+    def check(self, source: str = "") -> "Config":
+        """Every section's ranges; errors name ``source`` (the YAML file) and the key. Run where a
+        config enters (:func:`load_config`), so a bad value stops a run before its first step,
+        not after an epoch (``val_beam_size: 0``) or never (``max_steps: -1``)."""
+        self.data.check(source)
+        self.tokenizer.check(source)
+        self.trainer.check(source)
+        checks.check_model(self.model, "model", source)
+        checks.check_decoding(self.decoding, "decoding", source)
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise ConfigError(f"{source + ': ' if source else ''}output_dir={self.output_dir!r}: must be a folder path")
+        return self
+
+
+MAX_CONFIG_BYTES = 10_000_000  # a YAML config is a few kilobytes
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml's safe loader without aliases (``*name``): nine nested lists of aliases expand a
+    billion-fold (the "billion laughs"), and no mmseq setting needs one. Refused at the first."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: YAML aliases (*name) are not supported in configs")
+        return super().compose_node(parent, index)
+
+
+def _yaml(text: str):
+    """``text`` parsed by :class:`_Loader` (plain data only, no aliases)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
 
 def _parse_value(text: str):
     try:
-        return yaml.safe_load(text)
+        return _yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -157,19 +211,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """Read a YAML config and apply ``key=value`` overrides; unknown keys raise :class:`ConfigError`."""
     tree = {}
     if path is not None:
+        from .data.files import read_regular_file
+
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            data = read_regular_file(path, MAX_CONFIG_BYTES, "config file")
+        except InputError as error:
+            raise ConfigError(str(error)) from None
+        try:
+            tree = _yaml(data.decode("utf-8-sig")) or {}
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not valid UTF-8 (byte {error.start + 1})") from None
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_one_line(error)})") from None
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} must look like key=value")
         key, value = override.split("=", 1)
         _set_dotted(tree, key.strip(), _parse_value(value))
-    return _build(Config, tree, "")
+    return _build(Config, tree, "").check(str(path) if path is not None else "")
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())
 
 
 def config_to_dict(config: Config) -> dict:

@@ -74,6 +74,8 @@ def evaluate(model, manifest, out_dir, batch_size: int = 16, num_workers: int = 
     Unreadable lines and files are skipped, reported on stderr and counted in
     ``metrics["skipped"]``; nothing else is lost. Writes ``metrics.json`` and
     ``hypotheses.jsonl`` to ``out_dir``."""
+    from .data.files import check_output_folder
+    check_output_folder(out_dir, "output folder")  # before decoding: a bad --out must not lose the work
     table = model.task if task is None else TaskTable({task: model.route(task).task})
     examples, errors = table.read(manifest, training=False, skip_errors=True)
     decoded = decode_examples(model, table, examples, float("inf"), batch_size, num_workers, **options)

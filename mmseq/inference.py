@@ -5,12 +5,36 @@ Recordings longer than a window are split at pauses and their windows decoded in
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .longform import LongformOptions, Window, continuation_prompt, decode_windows, split_audio
+
+
+# Audio whose peak stays within 2 steps of 16-bit audio is digital silence: it gets an empty text
+# without decoding (a model asked to transcribe ten minutes of zeros invented about sixty words).
+SILENCE_PEAK = 2 / 32768
+NOT_INPUTS = (type(None), bytes, bytearray, dict, set, frozenset, bool, int, float, complex)
+
+
+def _one_input(sources) -> bool:
+    """Whether ``sources`` is one input rather than a list of them: a path (not its letters), an
+    array or tensor (not its samples), an image."""
+    if isinstance(sources, (str, os.PathLike, np.ndarray, torch.Tensor)):
+        return True
+    try:
+        from PIL import Image
+        return isinstance(sources, Image.Image)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _is_silent(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 1 and x.numel() > 0 and float(x.abs().max()) <= SILENCE_PEAK
 
 
 def _length(x: torch.Tensor) -> int:
@@ -54,6 +78,9 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
     ``task`` names the task of a multitask model ("asr", "caption", "text"); a single-task model
     needs none.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        # 0 raised deep inside, -1 gave every input an empty text
+        raise ConfigError(f"batch_size={batch_size!r}: must be a positive integer")
     task = model.route(task).task
     longform = longform or LongformOptions(window=window, split=split, segment_pause=segment_pause)
     window = longform.window
@@ -71,13 +98,24 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
         yield from zip([index for index, _, _ in pending], texts)
         pending.clear()
 
+    if _one_input(sources):
+        sources = [sources]
     for index, source in enumerate(sources):
+        if isinstance(source, NOT_INPUTS):  # each becomes its own error; the other inputs go on
+            yield index, InputError(f"input {index}: expected a file path, array, tensor or image, "
+                                    f"got {type(source).__name__}")
+            continue
         try:
             x = task.load_input(source)
         except InputError as error:
             yield index, error
             continue
-        if sample_rate and x.dim() == 1 and len(x) > window * sample_rate:
+        except (TypeError, AttributeError) as error:  # an object the task cannot take
+            yield index, InputError(f"input {index}: cannot use a {type(source).__name__} as input ({error})")
+            continue
+        if sample_rate and _is_silent(x):
+            plan = []  # no window to decode: the text is empty
+        elif sample_rate and x.dim() == 1 and len(x) > window * sample_rate:
             plan = split_audio(x, sample_rate, longform, model, task.name)
         else:
             plan = [Window(0, _length(x))]
@@ -141,7 +179,7 @@ def decode_sources(model, sources, batch_size: int = 16, errors: str = "raise",
     """
     if errors not in ("raise", "report"):
         raise ValueError(f"errors={errors!r}: must be 'raise' or 'report'")
-    sources = list(sources)
+    sources = [sources] if _one_input(sources) else list(sources)  # a path is one input, not letters
     results: list[str | InputError | None] = [None] * len(sources)
     failed: dict[int, InputError] = {}
     for index, result in iter_decode(model, sources, batch_size, **options):

@@ -345,8 +345,10 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
     Raises :class:`CheckpointError` when the folder is missing, holds only pickled weights, or its
     files are corrupt, and :class:`ConfigError` when its config names an unknown component.
     """
+    from .checks import check_checkpoint_config, check_task_encoder, check_weights
     folder = Path(folder)
     config = read_config(folder)
+    check_checkpoint_config(config, folder / CONFIG_FILE)  # every setting in range (mmseq/checks.py)
     try:
         # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.
         model_config = config.get("model", {})
@@ -363,9 +365,14 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
         # A setting this version does not know, or a value of the wrong type.
         raise ConfigError(f"{folder / CONFIG_FILE}: describes no model mmseq can build "
                           f"({type(error).__name__}: {_one_line(error)})") from None
+    for route in model.routes.values():
+        check_task_encoder(route.kind, route.encoder, f"model.tasks.{route.name}.encoder", str(folder / CONFIG_FILE))
     try:
-        model.load_state_dict(read_weights(folder / WEIGHTS_FILE), strict=True)
-    except (CheckpointError, OSError, RuntimeError, ValueError) as error:
+        weights = read_weights(folder / WEIGHTS_FILE)
+        model._upgrade_weights(weights, "")
+        check_weights(weights, model.state_dict(), str(folder / WEIGHTS_FILE))
+        model.load_state_dict(weights, strict=True)
+    except (OSError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: corrupt or incompatible weights ({_one_line(error)})") from None
     training = config.get("training")
     model.training_record = dict(training) if isinstance(training, dict) else {}

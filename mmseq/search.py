@@ -45,6 +45,9 @@ class DecodingOptions:
 
     def check(self) -> "DecodingOptions":
         """Raise :class:`ConfigError` on settings that cannot work; returns itself."""
+        from .checks import check_decoding
+
+        check_decoding(self)  # types and ranges of every field (mmseq/checks.py: DECODING)
         if self.beam_size < 1:
             raise ConfigError(f"decoding.beam_size must be at least 1, got {self.beam_size}")
         if not 1 <= self.nbest <= self.beam_size:

@@ -39,13 +39,15 @@ from tqdm import tqdm
 
 from .checkpoint import (STATE_JSON, STATE_TENSORS, TRAINING_WEIGHTS, WEIGHTS_FILE, FolderLock, list_checkpoints,
                          rank_best, read_training_state, read_weights, rotate, step_folder, write_weights)
+from .checks import check_resume_model
+from .data.files import check_output_folder
 from .config import Config, config_to_dict
 from .data.batching import BucketBatchSampler
 from .distributed import (all_reduce_sum, barrier, checkpoint_activations, distributed_setup, full_weights,
                           gather_objects, layer_modules, leave_process_group, shard_model)
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import decode_examples, score_rows
-from .model import Seq2Seq, load
+from .model import Seq2Seq, load, route_table
 from .optim import WeightAverage, autocast_dtype, lr_factor, make_optimizer
 from .scst import SelfCriticalObjective, start_model
 from .tasks import ExampleDataset
@@ -96,6 +98,8 @@ class Trainer:
 
     def _check_settings(self) -> None:
         trainer = self.config.trainer
+        self.config.check()  # every range (mmseq/checks.py), before any work
+        check_output_folder(self.out, "output_dir", ConfigError)
         if not self.config.data.train:
             raise ConfigError("data.train: no training manifest given")
         if trainer.accumulate < 1:
@@ -135,6 +139,9 @@ class Trainer:
             except (CheckpointError, ConfigError) as error:
                 self.log_message(f"cannot resume from {folder} ({error}); trying the one before")
                 failures.append(error)
+        if self.resume_from is not None and not config.scst.enabled:  # (an SCST stage's model is its init_from's)
+            check_resume_model({"decoder": config.model.decoder, "tasks": route_table(config.model, config.task)},
+                               {"decoder": self.model.config.decoder, "tasks": self.model.config.tasks}, self.resume_from)
         if checkpoints and self.resume_from is None:
             # Starting afresh would quietly put new checkpoints beside (and over) the old run's.
             raise TrainingError(f"{self.out}: no checkpoint can be resumed from ({len(checkpoints)} tried; the "
@@ -146,6 +153,8 @@ class Trainer:
             from .data.manifest import read_manifest
             lines = read_manifest(config.data.train, (), skip_errors=True)[0]
             texts = [e["text"] for e in lines if "text" in e] + [c for e in lines for c in e.get("captions", [])]
+            if not texts:  # before sentencepiece, which fails on an empty corpus with its own message
+                raise TrainingError(f"{config.data.train}: no usable examples")
             tokenizer = self._tokenizer(texts)
             self.model = Seq2Seq(config.model, tokenizer, config.task, asdict(config.decoding))
         self.model.to(self.device).train()

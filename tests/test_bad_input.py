@@ -234,7 +234,7 @@ def test_isolated_reading_turns_a_crash_of_the_audio_library_into_an_input_error
     with pytest.raises(InputError, match="text.wav: cannot read audio .*Format not recognised"):
         load_audio(tmp_path / "text.wav", RATE, isolate=True)
     # (faulthandler off in the child, so that its deliberate crash prints no traceback into the log)
-    monkeypatch.setattr(audio, "_read", lambda path: (faulthandler.disable(), os.kill(os.getpid(), signal.SIGSEGV)))
+    monkeypatch.setattr(audio, "_read", lambda path, *limits: (faulthandler.disable(), os.kill(os.getpid(), signal.SIGSEGV)))
     with pytest.raises(InputError) as caught:
         load_audio(path, RATE, isolate=True)
     assert one_line_naming(caught.value, path) and "crashed: signal 11" in str(caught.value)

@@ -9,10 +9,16 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from .files import check_regular, escape, open_regular
 
 # Largest image (width * height) we open: PIL's own decompression-bomb threshold. A tiny file can
 # declare a huge canvas; decoding it would take gigabytes, so such files are refused before decoding.
 MAX_IMAGE_PIXELS = 89_478_485
+# Degenerate shapes pass the pixel limit yet blow up at resize (an 80,000,000 x 1 PNG resized to a
+# shorter side of 224 is 4e12 pixels): sides beyond JPEG's limit and aspect ratios beyond 2000:1
+# (2000 x 1 still works, at 0.3 GB once resized) are refused before decoding.
+MAX_IMAGE_SIDE = 65_535
+MAX_ASPECT_RATIO = 2000
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a viewer would
 
 
@@ -26,44 +32,52 @@ def load_image(image, name: str | None = None) -> Image.Image:
     an animation is kept. EXIF orientation is not applied (datasets such as COCO were captioned
     from the stored pixels).
 
-    Raises :class:`InputError` naming the file when it is missing, a folder, empty, not an image,
-    truncated, or larger than :data:`MAX_IMAGE_PIXELS` (a possible decompression bomb).
+    Raises :class:`InputError` naming the file when it is missing, not a regular file (a folder, a
+    FIFO, a device), empty, not an image, truncated, larger than :data:`MAX_IMAGE_PIXELS` (a
+    possible decompression bomb), or of a degenerate shape (see :data:`MAX_ASPECT_RATIO`).
     """
     if isinstance(image, Image.Image):
+        _check_shape(image.width, image.height, name or "image")
         return to_rgb(image, name or "image")
     if isinstance(image, np.ndarray):
         return to_rgb(_from_array(image, name or "array"), name or "array")
-    return to_rgb(_open(os.fspath(image)), os.fspath(image))
+    if not isinstance(image, (str, bytes, os.PathLike)):
+        raise InputError(f"expected an image path, PIL image or array, got {type(image).__name__}")
+    path = os.fsdecode(os.fspath(image))
+    return to_rgb(_open(path), escape(path))
 
 
 def _open(path: str) -> Image.Image:
-    if not os.path.exists(path):
-        raise InputError(f"{path}: image file not found")
-    if os.path.isdir(path):
-        raise InputError(f"{path}: is a folder, not an image file")
-    if os.path.getsize(path) == 0:
-        raise InputError(f"{path}: image file is empty (0 bytes)")
+    name = escape(path)
+    if check_regular(path, "image file") == 0:  # a FIFO or /dev/urandom is named as such there
+        raise InputError(f"{name}: image file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             # PIL only warns between its limit and twice it; we refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                width, height = opened.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise InputError(
-                        f"{path}: image of {width}x{height} pixels exceeds the limit of {MAX_IMAGE_PIXELS} "
-                        "(possible decompression bomb)"
-                    )
+            with open_regular(path, "image file") as raw, Image.open(raw) as opened:
+                _check_shape(*opened.size, name)
                 opened.load()  # decode now, while the file is open: a truncated file fails here
                 return opened.copy()
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InputError(f"{path}: image too large, possible decompression bomb ({error})") from None
+        raise InputError(f"{name}: image too large, possible decompression bomb ({error})") from None
     except Image.UnidentifiedImageError:
-        raise InputError(f"{path}: not an image file PIL can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:  # PIL's ways to say "corrupt"
-        raise InputError(f"{path}: cannot read image ({str(error).strip() or type(error).__name__})") from None
+        raise InputError(f"{name}: not an image file PIL can read") from None
+    except Exception as error:  # PIL's ways to say "corrupt" include struct.error, IndexError, ZeroDivisionError
+        raise InputError(f"{name}: cannot read image ({str(error).strip()[:200] or type(error).__name__})") from None
+
+
+def _check_shape(width: int, height: int, name: str) -> None:
+    """Refuse, from the header, canvases whose decoding or resizing would take gigabytes."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{name}: image of {width}x{height} pixels exceeds the limit of {MAX_IMAGE_PIXELS} "
+                         "(possible decompression bomb)")
+    if width > 0 and height > 0 and (max(width, height) > MAX_IMAGE_SIDE
+                                     or max(width, height) > MAX_ASPECT_RATIO * min(width, height)):
+        raise InputError(f"{name}: image of {width}x{height} pixels has a degenerate shape (sides up to "
+                         f"{MAX_IMAGE_SIDE}, aspect ratio up to {MAX_ASPECT_RATIO}:1)")
 
 
 def _from_array(array: np.ndarray, name: str) -> Image.Image:
@@ -74,6 +88,7 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"{name}: image array is empty {array.shape}")
+    _check_shape(array.shape[1], array.shape[0], name)
     return Image.fromarray(np.ascontiguousarray(array))
 
 

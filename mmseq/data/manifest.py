@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import ManifestError
+from ..errors import InputError, ManifestError
+from .files import open_regular
 
 # What each field must hold; ``path`` fields are resolved against the manifest's folder.
 FIELD_TYPES = {
@@ -73,15 +74,22 @@ def read_manifest(path, required: tuple[str, ...] = (), skip_errors: bool = Fals
     :class:`ManifestError`, or with ``skip_errors`` is left out and its error returned.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(path, None, "manifest not found" if not path.exists() else "not a file")
+    try:
+        file = open_regular(path, "manifest")  # a FIFO or a device would block or never end
+    except InputError as error:
+        raise ManifestError(path, None, error.reason) from None
     examples, errors = [], []
-    # utf-8-sig: a byte-order mark (as Windows editors write) is not part of the first line.
-    with open(path, encoding="utf-8-sig", errors="replace") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
+    with file:
+        for number, raw in enumerate(file, 1):
             try:
+                # utf-8-sig on the first line: a byte-order mark (as Windows editors write) is not
+                # part of it. Strict: a line that is not UTF-8 is an error naming it, not U+FFFD.
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as error:
+                    raise ManifestError(path, number, f"not valid UTF-8 (byte {error.start + 1})") from None
+                if not line.strip():
+                    continue
                 # Absolute folder: paths must not depend on the working folder of whoever reads them later.
                 examples.append(parse_line(line, path, number, required, path.parent.absolute()))
             except ManifestError as error:

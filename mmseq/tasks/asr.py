@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.audio import as_waveform
+from ..data.audio import as_waveform, audio_duration
 from ..errors import InputError, ManifestError
 from ..metrics import Metric
 from .base import Task, register_task
@@ -18,17 +18,17 @@ class SpeechRecognition(Task):
     metrics = (Metric("wer", False), Metric("cer", False))
 
     def read(self, manifest, training: bool, skip_errors: bool = False):
-        import soundfile
-
         examples, errors = super().read(manifest, training, skip_errors)
         kept = []
         for example in examples:  # the batch budget needs durations: read headers when absent
             if "duration" not in example:
                 try:
-                    example["duration"] = soundfile.info(example["audio"]).duration
-                except Exception:
+                    example["duration"] = audio_duration(example["audio"])  # a FIFO is refused, not waited on
+                except Exception as problem:
                     path, line = example["_where"].rsplit(":", 1)
-                    error = ManifestError(path, int(line), f"cannot read audio {example['audio']}")
+                    why = getattr(problem, "reason", None)  # "is a FIFO ...", "audio file not found"
+                    error = ManifestError(path, int(line), f"cannot read audio {example['audio']}"
+                                          + (f" ({why})" if why else ""))
                     if not skip_errors:
                         raise error from None
                     errors.append(error)
