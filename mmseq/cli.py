@@ -1,4 +1,4 @@
-"""The ``mmseq`` command: train, eval, transcribe, caption, encoders."""
+"""The ``mmseq`` command: train, eval, transcribe, caption, translate, average, encoders."""
 
 from __future__ import annotations
 
@@ -84,27 +84,8 @@ def command_eval(args) -> int:
 
 
 def _decode_files(args) -> int:
-    from .inference import iter_decode
-    from .errors import InputError
-    model = _load(args)
-    failures = 0
-    results = {}
-    for index, result in iter_decode(model, args.inputs, args.batch_size, prompt=args.prompt, **_options(args)):
-        if isinstance(result, InputError):
-            print(f"mmseq: error: {result}", file=sys.stderr)
-            failures += 1
-        else:
-            results[index] = result
-            if len(args.inputs) == 1 or not args.ordered:
-                print(f"{args.inputs[index]}\t{result}" if len(args.inputs) > 1 else result, flush=True)
-    if args.ordered and len(args.inputs) > 1:
-        for index in sorted(results):
-            print(f"{args.inputs[index]}\t{results[index]}")
-    if getattr(args, "attention", None):
-        from .plots import plot_attention
-        plot_attention(model, args.inputs[0], args.attention, prompt=args.prompt)
-        print(f"attention plot: {args.attention}", file=sys.stderr)
-    return 1 if failures else 0
+    from .batch import command
+    return command(args, _load, _options(args), args.batch_task)
 
 
 def command_average(args) -> int:
@@ -146,11 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     _decoding_arguments(p)
     p.set_defaults(run=command_eval)
 
-    for name, noun in (("transcribe", "audio"), ("caption", "image")):
-        p = commands.add_parser(name, help=f"print one {'transcript' if name == 'transcribe' else 'caption'} "
-                                           f"per {noun} file")
+    from .batch import add_arguments as add_batch_arguments
+    for name, noun, task in (("transcribe", "audio", "asr"), ("caption", "image", "caption"),
+                             ("translate", "text", "text")):
+        p = commands.add_parser(name, help=f"one {'transcript' if name == 'transcribe' else 'caption'} per {noun} "
+                                           f"file" if task != "text" else "one output line per input line")
         p.add_argument("checkpoint")
-        p.add_argument("inputs", nargs="+", metavar=noun.upper())
+        p.add_argument("inputs", nargs="+", metavar="TEXT-FILE" if task == "text" else noun.upper(),
+                       help="files, folders, globs, .jsonl manifests, or - for standard input"
+                            + (" (text lines)" if task == "text" else " (one path a line)"))
+        add_batch_arguments(p, task)
+        p.set_defaults(batch_task=task)
         p.add_argument("--attention", metavar="PNG", help="draw the decoder's cross-attention for the first input")
         p.add_argument("--ordered", action="store_true", help="print results in input order at the end")
         if name == "transcribe":
