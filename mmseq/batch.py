@@ -340,7 +340,8 @@ class Summary:
     seconds: float = 0.0
 
     def line(self, output: str | None = None) -> str:
-        """``mmseq: 1998 done, 2 failed, 0 skipped, 41.3 s, 48.4 inputs/s``."""
+        """``mmseq: 998 done, 2 failed, 1000 skipped (already in OUT), 41.3 s, 24.2 inputs/s``: the
+        seconds are those of decoding (model loading excluded); skipped only when some were."""
         rate = (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
         skipped = f", {self.skipped} skipped (already in {output})" if self.skipped else ""
         return (f"mmseq: {self.done} done, {self.failed} failed{skipped}, {self.seconds:.1f} s, "
@@ -373,6 +374,7 @@ def run_batch(model, inputs: Inputs, write, task: str | None = None, batch_size:
     # Results are passed on in input order: an unreadable input fails at once, before the chunk
     # around it is decoded, so it waits (at most a chunk) in ``ready`` for the ones before it.
     numbers: dict[int, int] = {}  # iter_decode's index -> the input's number in this job
+    items: dict[int, Item] = {}  # inputs given to iter_decode whose result has not come yet
     ready: dict[int, tuple] = {}
     counter = {"next": 0, "given": 0}
     start = time.perf_counter()
@@ -408,7 +410,6 @@ def run_batch(model, inputs: Inputs, write, task: str | None = None, batch_size:
                 index += 1
                 yield item.source
 
-    items: dict[int, Item] = {}  # inputs given to iter_decode whose result has not come yet
     try:
         for index, result in iter_decode(model, sources(), batch_size, task=task, **options):
             number = numbers.pop(index)

@@ -312,3 +312,11 @@ def test_translate_prints_one_line_per_input_line(text_checkpoint, tmp_path):
     assert [(row["id"], row["text"]) for row in rows] == [
         (f"{source}:1", model.translate(["12"])[0]), (f"{source}:2", ""), (f"{source}:3", model.translate(["345"])[0])]
     assert all("path" not in row for row in rows)
+
+
+def test_translate_answers_help_with_the_batch_options(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["translate", "--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: mmseq translate" in out and all(flag in out for flag in ("--output", "--resume", "--nbest"))
