@@ -91,54 +91,9 @@ def command_eval(args) -> int:
     return 0
 
 
-KINDS = {"transcribe": "asr", "caption": "caption", "translate": "text"}
-
-
-def _text_lines(paths: list[str]) -> list[str]:
-    """The lines of text files (``-``: standard input), one input each."""
-    from .errors import InputError
-    lines = []
-    for path in paths:
-        try:
-            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(f"{path}: cannot read text ({getattr(error, 'strerror', None) or error})") from None
-        lines += text.splitlines()
-    return lines
-
-
 def _decode_files(args) -> int:
-    from .data.files import escape  # one line per input, whatever its name holds (a newline, non-UTF-8)
-    from .inference import iter_decode
-    from .errors import InputError
-    model = _load(args)
-    route = model.route(args.task, KINDS[args.command])
-    if args.command == "translate":
-        args.inputs = _text_lines(args.inputs)
-    failures = 0
-    results = {}
-    for index, result in iter_decode(model, args.inputs, args.batch_size, prompt=args.prompt, task=route.name,
-                                     **_options(args)):
-        if isinstance(result, InputError):
-            print(f"mmseq: error: {result}", file=sys.stderr)
-            failures += 1
-        else:
-            results[index] = result
-            if args.command == "translate":
-                continue  # one output line per input line, in order, below
-            if len(args.inputs) == 1 or not args.ordered:
-                print(f"{escape(args.inputs[index])}\t{result}" if len(args.inputs) > 1 else result, flush=True)
-    if args.command == "translate":
-        for index in range(len(args.inputs)):
-            print(results.get(index, ""))
-    elif args.ordered and len(args.inputs) > 1:
-        for index in sorted(results):
-            print(f"{escape(args.inputs[index])}\t{results[index]}")
-    if getattr(args, "attention", None):
-        from .plots import plot_attention
-        plot_attention(model, args.inputs[0], args.attention, prompt=args.prompt, task=route.name)
-        print(f"attention plot: {args.attention}", file=sys.stderr)
-    return 1 if failures else 0
+    from .batch import command
+    return command(args, _load, _options(args), args.batch_task)
 
 
 def command_average(args) -> int:
@@ -180,13 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     _decoding_arguments(p)
     p.set_defaults(run=command_eval)
 
-    for name, help_text, metavar in (("transcribe", "print one transcript per audio file", "AUDIO"),
-                                     ("caption", "print one caption per image file", "IMAGE"),
-                                     ("translate", "one output line per line of the text files ('-': standard input)",
-                                      "TEXT_FILE")):
-        p = commands.add_parser(name, help=help_text)
+    from .batch import add_arguments as add_batch_arguments
+    for name, noun, task in (("transcribe", "audio", "asr"), ("caption", "image", "caption"),
+                             ("translate", "text", "text")):
+        p = commands.add_parser(name, help=f"one {'transcript' if name == 'transcribe' else 'caption'} per {noun} "
+                                           f"file" if task != "text" else "one output line per input line")
         p.add_argument("checkpoint")
-        p.add_argument("inputs", nargs="+", metavar=metavar)
+        p.add_argument("inputs", nargs="+", metavar="TEXT-FILE" if task == "text" else noun.upper(),
+                       help="files, folders, globs, .jsonl manifests, or - for standard input"
+                            + (" (text lines)" if task == "text" else " (one path a line)"))
+        add_batch_arguments(p, task)
+        p.set_defaults(batch_task=task)
         p.add_argument("--attention", metavar="PNG", help="draw the decoder's cross-attention for the first input")
         p.add_argument("--ordered", action="store_true", help="print results in input order at the end")
         if name == "transcribe":
