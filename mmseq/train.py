@@ -22,7 +22,6 @@ rank, counted, and too many in a row stop training with a clear error.
 from __future__ import annotations
 
 import copy
-import csv
 import fcntl
 import json
 import math
@@ -45,6 +44,7 @@ from tqdm import tqdm
 from .config import Config, config_to_dict
 from .data.batching import BucketBatchSampler
 from .errors import CheckpointError, ConfigError, MmseqError
+from .logs import RunLog, progress_bar_settings
 from .model import WEIGHTS_FILE, Seq2Seq, load
 from .scst import SelfCriticalObjective, start_model
 from .tasks import ExampleDataset
@@ -433,16 +433,16 @@ class Trainer:
         tqdm.write(f"[rank {self.rank}] {text}" if self.world > 1 else text, file=sys.stderr)
 
     def log_row(self, row: dict) -> None:
-        if not self.is_main:
-            return
-        path = self.out / "log.csv"
-        fields = ["time", "split", "epoch", "step", "loss", "attention_loss", "ctc_loss", "accuracy", "lr", "metric"]
-        new = not path.exists()
-        with open(path, "a", newline="") as file:
-            writer = csv.DictWriter(file, fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({"time": round(time.time(), 1), **row})
+        """A row of ``log.csv`` and of TensorBoard's scalars (mmseq/logs.py)."""
+        if self.is_main:
+            self.run_log().row(row)
+
+    def run_log(self) -> RunLog:
+        if getattr(self, "_run_log", None) is None:  # made at the first row, once resume knows its step
+            resumed = getattr(self, "resume_from", None)
+            self._run_log = RunLog(self.out, self.config.trainer.tensorboard,
+                                   resumed_step=int(resumed.name.split("-")[1]) if resumed else 0)
+        return self._run_log
 
     # -- training ---------------------------------------------------------------------------------
     def _handle_signal(self, number, frame) -> None:
@@ -588,8 +588,7 @@ class Trainer:
         self.data_generator.manual_seed(config.seed * 100003 + epoch)
         self.model.train()
         self.stop_everywhere = False
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}", disable=not self.is_main,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}", disable=not self.is_main, **progress_bar_settings())
         window_examples = window_bad = 0
         for batch in bar:
             for error in batch["errors"]:
@@ -614,6 +613,7 @@ class Trainer:
             if self.stop_everywhere:
                 return True
             if self.state["step"] >= self.total_steps:
+                bar.update()  # tqdm counts a batch when the next is asked for: count the last one here
                 break
         self._log_skipped()
         return False
@@ -698,7 +698,10 @@ class Trainer:
             summary += f" skipped={skipped}"
         self.log_message(f"epoch {self.state['epoch'] + 1} valid: {summary}")
         self.log_row({"split": "valid", "epoch": self.state["epoch"] + 1, "step": self.state["step"],
-                      "loss": round(loss, 4), "accuracy": round(accuracy, 4), "metric": metric})
+                      "loss": round(loss, 4), "accuracy": round(accuracy, 4), "metric": metric,
+                      "metrics": metrics})
+        if self.is_main and not self.sharded:  # (sharded weights are only whole inside full_weights)
+            self.run_log().attention(model, self.valid_examples[0], self.state["step"])
         self.model.train()
         return metric
 
