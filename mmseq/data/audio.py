@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 
 import numpy as np
@@ -10,6 +11,28 @@ import torch
 import torchaudio
 
 from ..errors import InputError
+
+
+class AudioSpan(str):
+    """An audio file's path (the string itself) and the part of it to read, as a Lhotse cut names it.
+
+    ``offset`` and ``duration`` in seconds (``duration`` None: to the end of the file); ``channels``:
+    the file's channels to average (None: all). It is a ``str`` so that everything that handles an
+    example's ``audio`` as a path (messages, headers, hypotheses files) goes on doing so, while
+    :func:`load_audio` reads only the span.
+    """
+
+    def __new__(cls, path: str, offset: float = 0.0, duration: float | None = None,
+                channels: list[int] | None = None):
+        span = super().__new__(cls, path)
+        span.offset, span.duration, span.channels = float(offset), duration, channels
+        return span
+
+    def __reduce__(self):  # DataLoader workers receive examples pickled
+        return AudioSpan, (str(self), self.offset, self.duration, self.channels)
+
+    def __repr__(self) -> str:
+        return f"AudioSpan({str(self)!r}, offset={self.offset}, duration={self.duration}, channels={self.channels})"
 
 
 def resample(waveform: torch.Tensor, sample_rate: int, target: int) -> torch.Tensor:
@@ -21,7 +44,7 @@ def resample(waveform: torch.Tensor, sample_rate: int, target: int) -> torch.Ten
 def load_audio(path, sample_rate: int | None = None, isolate: bool = False) -> torch.Tensor:
     """Read an audio file as a mono float32 waveform ``(samples,)``, resampled to ``sample_rate``.
 
-    Stereo is averaged to mono. Raises :class:`InputError` naming the file when it is missing, a
+    Stereo is averaged to mono. An :class:`AudioSpan` reads only its part of the file. Raises :class:`InputError` naming the file when it is missing, a
     folder, empty, unreadable, or holds no finite samples.
 
     ``isolate``: decode in a forked child process, so that a file which crashes libsndfile itself
@@ -47,9 +70,31 @@ def _read(path: str) -> tuple[np.ndarray, int]:
     import soundfile
 
     try:
-        return soundfile.read(path, dtype="float32", always_2d=True)
+        if not isinstance(path, AudioSpan):
+            return soundfile.read(path, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(path) as file:  # only the span's frames are decoded
+            rate, start = file.samplerate, _frames(path.offset, file.samplerate)
+            if start >= file.frames:
+                raise InputError(f"{path}: offset {path.offset} s is past the end of the audio "
+                                 f"({file.frames / rate:.3f} s)")
+            file.seek(start)
+            data = file.read(-1 if path.duration is None else _frames(path.duration, rate), dtype="float32",
+                             always_2d=True)
+    except InputError:
+        raise
     except Exception as error:  # soundfile raises several kinds for corrupt files
         raise InputError(f"{path}: cannot read audio ({str(error).strip() or type(error).__name__})") from None
+    if path.channels is not None:
+        if max(path.channels) >= data.shape[1]:
+            raise InputError(f"{path}: channel {max(path.channels)} asked for, the file has {data.shape[1]}")
+        data = data[:, path.channels]
+    return data, rate
+
+
+def _frames(seconds: float, rate: int) -> int:
+    """Seconds to samples as Lhotse counts them (half a sample rounds up, after rounding away
+    float noise), so a cut's span is the very samples Lhotse would read."""
+    return int(math.floor(round(seconds * rate, 8) + 0.5))
 
 
 def _read_in_child(path: str) -> tuple[np.ndarray, int]:

@@ -1,12 +1,16 @@
-"""JSON Lines manifests: one example a line, paths relative to the manifest's own folder."""
+"""JSON Lines manifests: one example a line, paths relative to the manifest's own folder; gzipped
+(``.gz``) or not; Lhotse CutSets (``cuts.jsonl.gz``) too, their cuts read by :mod:`mmseq.data.lhotse`."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 
 from ..errors import ManifestError
+from .lhotse import cut_to_example, is_cut
 
 # What each field must hold; ``path`` fields are resolved against the manifest's folder.
 FIELD_TYPES = {
@@ -25,6 +29,8 @@ def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: 
         raise ManifestError(path, number, f"not usable JSON ({type(error).__name__}: {str(error)[:80]})") from None
     if not isinstance(example, dict):
         raise ManifestError(path, number, f"expected a JSON object, got {type(example).__name__}")
+    if is_cut(example):
+        example = cut_to_example(example, path, number, folder)
     for name in required:
         if name not in example:
             raise ManifestError(path, number, f"missing field {name!r}")
@@ -77,15 +83,25 @@ def read_manifest(path, required: tuple[str, ...] = (), skip_errors: bool = Fals
         raise ManifestError(path, None, "manifest not found" if not path.exists() else "not a file")
     examples, errors = [], []
     # utf-8-sig: a byte-order mark (as Windows editors write) is not part of the first line.
-    with open(path, encoding="utf-8-sig", errors="replace") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                # Absolute folder: paths must not depend on the working folder of whoever reads them later.
-                examples.append(parse_line(line, path, number, required, path.parent.absolute()))
-            except ManifestError as error:
-                if not skip_errors:
-                    raise
-                errors.append(error)
+    opener = gzip.open if path.suffix == ".gz" else open
+    number = 0
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
+            for number, line in enumerate(file, 1):
+                if not line.strip():
+                    continue
+                try:
+                    # Absolute folder: paths must not depend on the working folder of whoever reads them later.
+                    examples.append(parse_line(line, path, number, required, path.parent.absolute()))
+                except ManifestError as error:
+                    if not skip_errors:
+                        raise
+                    errors.append(error)
+    except (OSError, EOFError, zlib.error) as error:  # not gzip, or cut short: the lines before are kept
+        if opener is open:
+            raise
+        error = ManifestError(path, number + 1, f"cannot read the compressed manifest ({error})")
+        if not skip_errors:
+            raise error from None
+        errors.append(error)
     return examples, errors
