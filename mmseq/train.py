@@ -588,9 +588,12 @@ class Trainer:
         self.data_generator.manual_seed(config.seed * 100003 + epoch)
         self.model.train()
         self.stop_everywhere = False
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}", disable=not self.is_main, **progress_bar_settings())
+        # Counted by hand after each batch's work (iterating tqdm(loader) counts a batch only when the
+        # next is fetched, so the last batch of a run stopped by max_steps was never shown).
+        bar = tqdm(total=len(self.loader), desc=f"epoch {epoch + 1}", disable=not self.is_main,
+                   **progress_bar_settings())
         window_examples = window_bad = 0
-        for batch in bar:
+        for batch in self.loader:
             for error in batch["errors"]:
                 self.warn(f"skipped: {error}")
             window_bad += len(batch["errors"])
@@ -601,6 +604,7 @@ class Trainer:
             # a checkpoint (always at a step boundary) then resumes on the same windows.
             sync = position % config.accumulate == 0 or position == self.batches_per_epoch
             self.forward_backward(batch, sync)
+            bar.update()
             if not sync:
                 continue
             self.optimizer_step(window_examples, window_bad)
@@ -611,10 +615,11 @@ class Trainer:
                     and not self.stop_everywhere:
                 self.save()
             if self.stop_everywhere:
+                bar.close()
                 return True
             if self.state["step"] >= self.total_steps:
-                bar.update()  # tqdm counts a batch when the next is asked for: count the last one here
                 break
+        bar.close()
         self._log_skipped()
         return False
 

@@ -85,5 +85,5 @@ def test_the_training_bar_moves_at_every_step(tmp_path, capsys):
     trainer.train()
     batches = trainer.batches_per_epoch
     assert batches >= 4
-    drawn = {int(n) for n in re.findall(rf"epoch 1:[^\r\n]*?\| *(\d+)/{batches} ", capsys.readouterr().err)}
-    assert drawn == set(range(batches + 1))
+    drawn = [int(n) for n in re.findall(rf"epoch 1:[^\r\n]*?\| *(\d+)/{batches} ", capsys.readouterr().err)]
+    assert set(drawn) == set(range(batches + 1)) and drawn[-1] == batches  # every step, and it ends full
