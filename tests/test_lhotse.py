@@ -139,3 +139,15 @@ def test_a_model_trains_on_a_cutset_and_mmseq_eval_scores_one(tmp_path, capsys):
     assert {r["references"][0] for r in rows} == {c.supervisions[0].text for c in valid_cuts}
     assert "wer" in capsys.readouterr().out
     assert torch.isfinite(torch.tensor(metrics["wer"]))
+
+
+def test_relative_audio_paths_are_read_from_the_manifests_folder_first(tmp_path, monkeypatch):
+    manifest, cuts = make_cutset(tmp_path / "corpus", count=4)
+    line = json.loads(gzip.open(manifest, "rt").readline())
+    line["recording"]["sources"][0]["source"] = "rec0.flac"  # beside the manifest
+    relative = tmp_path / "corpus" / "relative.jsonl"
+    relative.write_text(json.dumps(line) + "\n")
+    monkeypatch.chdir(tmp_path)  # not where the file is: Lhotse's own rule would not find it
+    example = read_manifest(relative, ("audio", "text"))[0][0]
+    assert str(example["audio"]) == str(tmp_path / "corpus" / "rec0.flac")
+    np.testing.assert_allclose(load_audio(example["audio"]).numpy(), cuts[0].load_audio()[0], atol=1e-4)
