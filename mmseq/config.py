@@ -67,6 +67,7 @@ class TrainerConfig:
     val_beam_size: int = 1  # beam for the task metric during validation
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: end of epoch only)
     log_every: int = 25
+    tensorboard: bool = True  # also write TensorBoard event files to output_dir/tensorboard (when installed)
     nonfinite_limit: int = 20  # steps in a row skipped for a non-finite loss or gradient before training stops
     ema: float = 0.0  # decay of a moving average of the weights (e.g. 0.999; 0: off), saved and validated
     activation_checkpointing: bool = False  # recompute each encoder/decoder layer in backward: less memory

@@ -105,21 +105,28 @@ def plot_attention(model, source, out_png: str | Path, prompt=None, columns: int
         prompt, options: as for :meth:`~mmseq.model.Seq2Seq.generate`.
         columns: panels per row of the image figure.
     """
+    import matplotlib.pyplot as plt
+
+    figure, text = attention_figure(model, source, prompt, columns, **options)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_png, dpi=100)
+    plt.close(figure)
+    return text
+
+
+def attention_figure(model, source, prompt=None, columns: int = 5, **options):
+    """The figure :func:`plot_attention` draws, and the output text: ``(figure, text)``. The caller
+    closes the figure (TensorBoard's ``add_figure`` does)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     found = attention_of(model, source, prompt, **options)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     if found["grid"] is not None:
-        figure = _image_attention_figure(plt, model, source, found, columns)
-    else:
-        figure = _alignment_figure(plt, model, found)
-    figure.savefig(out_png, dpi=100)
-    plt.close(figure)
-    return found["text"]
+        return _image_attention_figure(plt, model, source, found, columns), found["text"]
+    return _alignment_figure(plt, model, found), found["text"]
 
 
 def _image_attention_figure(plt, model, source, found: dict, columns: int):

@@ -21,7 +21,6 @@ rank, counted, and too many in a row stop training with a clear error.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -49,6 +48,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import decode_examples, score_rows
 from .model import Seq2Seq, load, route_table
 from .optim import WeightAverage, autocast_dtype, lr_factor, make_optimizer
+from .logs import RunLog, progress_bar_settings
 from .scst import SelfCriticalObjective, start_model
 from .tasks import ExampleDataset
 from .tokenizer import train_tokenizer
@@ -296,16 +296,16 @@ class Trainer:
         tqdm.write(f"[rank {self.rank}] {text}" if self.world > 1 else text, file=sys.stderr)
 
     def log_row(self, row: dict) -> None:
-        if not self.is_main:
-            return
-        path = self.out / "log.csv"
-        fields = ["time", "split", "epoch", "step", "loss", "accuracy", "lr", "metric"]
-        new = not path.exists()
-        with open(path, "a", newline="") as file:
-            writer = csv.DictWriter(file, fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({"time": round(time.time(), 1), **row})
+        """A row of ``log.csv`` and of TensorBoard's scalars (mmseq/logs.py)."""
+        if self.is_main:
+            self.run_log().row(row)
+
+    def run_log(self) -> RunLog:
+        if getattr(self, "_run_log", None) is None:  # made at the first row, once resume knows its step
+            resumed = getattr(self, "resume_from", None)
+            self._run_log = RunLog(self.out, self.config.trainer.tensorboard,
+                                   resumed_step=int(resumed.name.split("-")[1]) if resumed else 0)
+        return self._run_log
 
     # -- training ---------------------------------------------------------------------------------
     def _handle_signal(self, number, frame) -> None:
@@ -451,10 +451,12 @@ class Trainer:
         self.data_generator.manual_seed(config.seed * 100003 + epoch)
         self.model.train()
         self.stop_everywhere = False
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}", disable=not self.is_main,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        # Counted by hand after each batch's work (iterating tqdm(loader) counts a batch only when the
+        # next is fetched, so the last batch of a run stopped by max_steps was never shown).
+        bar = tqdm(total=len(self.loader), desc=f"epoch {epoch + 1}", disable=not self.is_main,
+                   **progress_bar_settings())
         window_examples = window_bad = 0
-        for batch in bar:
+        for batch in self.loader:
             for error in batch["errors"]:
                 self.warn(f"skipped: {error}")
             window_bad += len(batch["errors"])
@@ -465,6 +467,7 @@ class Trainer:
             # a checkpoint (always at a step boundary) then resumes on the same windows.
             sync = position % config.accumulate == 0 or position == self.batches_per_epoch
             self.forward_backward(batch, sync)
+            bar.update()
             if not sync:
                 continue
             self.optimizer_step(window_examples, window_bad)
@@ -475,9 +478,11 @@ class Trainer:
                     and not self.stop_everywhere:
                 self.save()
             if self.stop_everywhere:
+                bar.close()
                 return True
             if self.state["step"] >= self.total_steps:
                 break
+        bar.close()
         self._log_skipped()
         return False
 
@@ -538,7 +543,10 @@ class Trainer:
             summary += f" skipped={skipped}"
         self.log_message(f"epoch {self.state['epoch'] + 1} valid: {summary}")
         self.log_row({"split": "valid", "epoch": self.state["epoch"] + 1, "step": self.state["step"],
-                      "loss": round(loss, 4), "accuracy": round(accuracy, 4), "metric": metric})
+                      "loss": round(loss, 4), "accuracy": round(accuracy, 4), "metric": metric,
+                      "metrics": metrics})
+        if self.is_main and not self.sharded:  # (sharded weights are only whole inside full_weights)
+            self.run_log().attention(model, self.valid_examples[0], self.state["step"])
         self.model.train()
         return metric
 

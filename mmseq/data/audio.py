@@ -10,6 +10,7 @@ resampling goes through soxr, whose cost grows with the samples, not with the ra
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 
@@ -23,6 +24,28 @@ MIN_SAMPLE_RATE = 1000  # below this a header is wrong (a 1 Hz header turns 38 K
 MAX_SAMPLE_RATE = 768_000  # the highest rate audio interfaces record
 MAX_AUDIO_SECONDS = 3 * 3600.0  # longest recording read at all (3 h at 16 kHz: 0.7 GB of float32)
 MAX_PEAK = 1e5  # samples beyond this are not audio (int16-range floats, up to 32768, still pass)
+
+
+class AudioSpan(str):
+    """An audio file's path (the string itself) and the part of it to read, as a Lhotse cut names it.
+
+    ``offset`` and ``duration`` in seconds (``duration`` None: to the end of the file); ``channels``:
+    the file's channels to average (None: all). It is a ``str`` so that everything that handles an
+    example's ``audio`` as a path (messages, headers, hypotheses files) goes on doing so, while
+    :func:`load_audio` reads only the span.
+    """
+
+    def __new__(cls, path: str, offset: float = 0.0, duration: float | None = None,
+                channels: list[int] | None = None):
+        span = super().__new__(cls, path)
+        span.offset, span.duration, span.channels = float(offset), duration, channels
+        return span
+
+    def __reduce__(self):  # DataLoader workers receive examples pickled
+        return AudioSpan, (str(self), self.offset, self.duration, self.channels)
+
+    def __repr__(self) -> str:
+        return f"AudioSpan({str(self)!r}, offset={self.offset}, duration={self.duration}, channels={self.channels})"
 
 
 def resample(waveform: torch.Tensor, sample_rate: int, target: int) -> torch.Tensor:
@@ -62,8 +85,9 @@ def load_audio(path, sample_rate: int | None = None, isolate: bool = False,
                max_seconds: float = MAX_AUDIO_SECONDS) -> torch.Tensor:
     """Read an audio file as a mono float32 waveform ``(samples,)``, resampled to ``sample_rate``.
 
-    Stereo is averaged to mono. Raises :class:`InputError` naming the file when it is missing, not a
-    regular file (a folder, a FIFO, a device), empty, unreadable, has a sample rate outside
+    Stereo is averaged to mono; an :class:`AudioSpan` reads only its part of the file (and its
+    channels). Raises :class:`InputError` naming the file when it is missing, not a regular file (a
+    folder, a FIFO, a device), empty, unreadable, has a sample rate outside
     [:data:`MIN_SAMPLE_RATE`, :data:`MAX_SAMPLE_RATE`], lasts longer than ``max_seconds``, or holds
     non-finite or absurdly large samples. File names need not be UTF-8.
 
@@ -98,16 +122,36 @@ def _read(path: str, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray
             with soundfile.SoundFile(raw) as audio:
                 rate, frames, channels = audio.samplerate, audio.frames, audio.channels
                 _check_rate(rate, name)
-                if frames / rate > max_seconds:
-                    raise InputError(f"{name}: audio lasts {frames / rate:.0f} s, longer than the limit of "
+                start, count = 0, frames
+                if isinstance(path, AudioSpan):  # only the span's frames are decoded
+                    start = _frames(path.offset, rate)
+                    if start >= frames:
+                        raise InputError(f"{name}: offset {path.offset} s is past the end of the audio "
+                                         f"({frames / rate:.3f} s)")
+                    count = frames - start if path.duration is None else min(frames - start,
+                                                                                 _frames(path.duration, rate))
+                if count / rate > max_seconds:
+                    raise InputError(f"{name}: audio lasts {count / rate:.0f} s, longer than the limit of "
                                      f"{max_seconds:.0f} s")
                 if channels > 64:
                     raise InputError(f"{name}: audio has {channels} channels (at most 64)")
-                return audio.read(dtype="float32", always_2d=True), rate
+                audio.seek(start)
+                data = audio.read(count, dtype="float32", always_2d=True)
         except InputError:
             raise
         except Exception as error:  # soundfile raises several kinds for corrupt files
             raise InputError(f"{name}: cannot read audio ({_why(error)})") from None
+    if isinstance(path, AudioSpan) and path.channels is not None:
+        if max(path.channels) >= data.shape[1]:
+            raise InputError(f"{name}: channel {max(path.channels)} asked for, the file has {data.shape[1]}")
+        data = data[:, path.channels]
+    return data, rate
+
+
+def _frames(seconds: float, rate: int) -> int:
+    """Seconds to samples as Lhotse counts them (half a sample rounds up, after rounding away
+    float noise), so a cut's span is the very samples Lhotse would read."""
+    return int(math.floor(round(seconds * rate, 8) + 0.5))
 
 
 def audio_duration(path) -> float:

@@ -1,13 +1,17 @@
-"""JSON Lines manifests: one example a line, paths relative to the manifest's own folder."""
+"""JSON Lines manifests: one example a line, paths relative to the manifest's own folder; gzipped
+(``.gz``) or not; Lhotse CutSets (``cuts.jsonl.gz``) too, their cuts read by :mod:`mmseq.data.lhotse`."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 
 from ..errors import InputError, ManifestError
 from .files import open_regular
+from .lhotse import cut_to_example, is_cut
 
 # What each field must hold; ``path`` fields are resolved against the manifest's folder.
 FIELD_TYPES = {
@@ -26,6 +30,8 @@ def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: 
         raise ManifestError(path, number, f"not usable JSON ({type(error).__name__}: {str(error)[:80]})") from None
     if not isinstance(example, dict):
         raise ManifestError(path, number, f"expected a JSON object, got {type(example).__name__}")
+    if is_cut(example):
+        example = cut_to_example(example, path, number, folder)
     for name in required:
         if name not in example:
             raise ManifestError(path, number, f"missing field {name!r}")
@@ -79,21 +85,32 @@ def read_manifest(path, required: tuple[str, ...] = (), skip_errors: bool = Fals
     except InputError as error:
         raise ManifestError(path, None, error.reason) from None
     examples, errors = [], []
-    with file:
-        for number, raw in enumerate(file, 1):
-            try:
-                # utf-8-sig on the first line: a byte-order mark (as Windows editors write) is not
-                # part of it. Strict: a line that is not UTF-8 is an error naming it, not U+FFFD.
+    number = 0
+    try:
+        # A gzipped manifest (Lhotse's cuts.jsonl.gz) is read through gzip, line by line.
+        lines = gzip.GzipFile(fileobj=file) if path.suffix == ".gz" else file
+        with file, lines:
+            for number, raw in enumerate(lines, 1):
                 try:
-                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                except UnicodeDecodeError as error:
-                    raise ManifestError(path, number, f"not valid UTF-8 (byte {error.start + 1})") from None
-                if not line.strip():
-                    continue
-                # Absolute folder: paths must not depend on the working folder of whoever reads them later.
-                examples.append(parse_line(line, path, number, required, path.parent.absolute()))
-            except ManifestError as error:
-                if not skip_errors:
-                    raise
-                errors.append(error)
+                    # utf-8-sig on the first line: a byte-order mark (as Windows editors write) is not
+                    # part of it. Strict: a line that is not UTF-8 is an error naming it, not U+FFFD.
+                    try:
+                        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                    except UnicodeDecodeError as error:
+                        raise ManifestError(path, number, f"not valid UTF-8 (byte {error.start + 1})") from None
+                    if not line.strip():
+                        continue
+                    # Absolute folder: paths must not depend on the working folder of whoever reads them later.
+                    examples.append(parse_line(line, path, number, required, path.parent.absolute()))
+                except ManifestError as error:
+                    if not skip_errors:
+                        raise
+                    errors.append(error)
+    except (OSError, EOFError, zlib.error) as error:  # not gzip, or cut short: the lines before are kept
+        if path.suffix != ".gz":
+            raise
+        error = ManifestError(path, number + 1, f"cannot read the compressed manifest ({error})")
+        if not skip_errors:
+            raise error from None
+        errors.append(error)
     return examples, errors
