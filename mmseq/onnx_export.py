@@ -9,8 +9,9 @@ decode outside PyTorch (:mod:`mmseq.onnx_runner` runs them with onnxruntime).
   ``(batch, frames, vocab)`` when the model has a CTC head.
 - ``decoder_step.onnx``: ``tokens`` ``(rows, new)`` int64, ``self_kv`` ``(layers, 2, rows, heads,
   past, head_dim)`` (the self-attention cache so far; ``past`` may be 0), ``cross_kv`` and
-  ``memory_mask`` for those rows -> ``log_probs`` ``(rows, vocab)`` of the last new token and
-  ``self_kv_out`` ``(layers, 2, rows, heads, past + new, head_dim)``.
+  ``memory_mask`` of the ``inputs`` those rows continue (``rows = inputs * group``: each input's
+  ``group`` consecutive rows, its beam, share them) -> ``log_probs`` ``(rows, vocab)`` of the last
+  new token and ``self_kv_out`` ``(layers, 2, rows, heads, past + new, head_dim)``.
 
 The step graph is :meth:`mmseq.decoder.TextDecoder.step` with the cache as explicit inputs and
 outputs: the cache grows by concatenation instead of writes into a preallocated buffer, which ONNX
@@ -66,6 +67,8 @@ class DecoderStepGraph(nn.Module):
         decoder, config = self.decoder, self.decoder.config
         rows, new = tokens.shape[0], tokens.shape[1]
         past = self_kv.shape[4]
+        inputs = cross_kv.shape[2]
+        group = rows // inputs  # consecutive rows that share one input's memory
         heads, dim = config.heads, config.dim
         positions = torch.arange(new, device=tokens.device) + past
         x = decoder.embed(tokens) * dim ** 0.5 + decoder.positions(positions)
@@ -79,9 +82,13 @@ class DecoderStepGraph(nn.Module):
             caches.append(torch.stack([k, v]))
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
             x = x + layer.self_out(attended.transpose(1, 2).reshape(rows, new, dim))
-            q = layer.cross_q(layer.cross_norm(x)).reshape(rows, new, heads, -1).transpose(1, 2)
-            attended = F.scaled_dot_product_attention(q, cross_kv[i, 0], cross_kv[i, 1], attn_mask=mask)
-            x = x + layer.cross_out(attended.transpose(1, 2).reshape(rows, new, dim))
+            # The ``group`` rows of one input (its beam) attend to its memory together, as in
+            # DecoderLayer with a shared cache: the keys and values are read once per input.
+            q = layer.cross_q(layer.cross_norm(x)).reshape(inputs, group, new, heads, -1).permute(0, 3, 1, 2, 4)
+            attended = F.scaled_dot_product_attention(q.reshape(inputs, heads, group * new, -1), cross_kv[i, 0],
+                                                      cross_kv[i, 1], attn_mask=mask)
+            attended = attended.reshape(inputs, heads, group, new, -1).permute(0, 2, 3, 1, 4)
+            x = x + layer.cross_out(attended.reshape(rows, new, dim))
             x = x + layer.ffn(layer.ffn_norm(x))
         logits = decoder._logits(x[:, -1])
         return logits.float().log_softmax(-1), torch.stack(caches)
@@ -183,13 +190,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path, task: str | None = None
                 {k: v for k, v in dynamic.items() if k in input_names + outputs})
         cross_kv, memory_mask = encoder_graph(*args)[:2]
         config = model.decoder.config
-        step_args = (torch.tensor([[model.tokenizer.bos_id, 4], [model.tokenizer.bos_id, 5]]),
-                     cross_kv.new_zeros(config.layers, 2, 2, config.heads, 3, config.dim // config.heads),
+        # Two rows per input, so that the traced graph keeps the grouping general.
+        step_args = (torch.tensor([[model.tokenizer.bos_id, 4], [model.tokenizer.bos_id, 5]]).repeat(2, 1),
+                     cross_kv.new_zeros(config.layers, 2, 4, config.heads, 3, config.dim // config.heads),
                      cross_kv, memory_mask)
         _export(DecoderStepGraph(model.decoder).eval(), step_args, out / "decoder_step.onnx",
                 ["tokens", "self_kv", "cross_kv", "memory_mask"], ["log_probs", "self_kv_out"],
                 {"tokens": {0: "rows", 1: "new"}, "self_kv": {2: "rows", 4: "past"},
-                 "cross_kv": {2: "rows", 4: "frames"}, "memory_mask": {0: "rows", 1: "frames"},
+                 "cross_kv": {2: "inputs", 4: "frames"}, "memory_mask": {0: "inputs", 1: "frames"},
                  "log_probs": {0: "rows"}, "self_kv_out": {2: "rows", 4: "length"}})
     tokenizer = model.tokenizer
     task_name = task or model.task_name

@@ -189,10 +189,8 @@ class OnnxModel:
         batch = memory_mask.shape[0]
         max_new = int(limits.max())
         log_probs, self_kv = self._start(cross_kv, memory_mask, prefix)
-        # Each input's rows: its beam. The cross-attention is copied per row (simple; the PyTorch
-        # search shares it per input).
+        # Each input's rows: its beam, which shares the input's cross-attention keys and values.
         log_probs, self_kv = log_probs.repeat(beam, 0), self_kv.repeat(beam, 2)
-        cross_kv, memory_mask = cross_kv.repeat(beam, 2), memory_mask.repeat(beam, 0)
         lengths = np.arange(1, max_new + 1, dtype=np.float32)
         alive = np.arange(batch)
         scores = np.zeros((batch, beam), np.float32)
@@ -244,7 +242,8 @@ class OnnxModel:
                 keep_inputs = np.nonzero(~done)[0]
                 rows = (keep_inputs[:, None] * beam + np.arange(beam)).reshape(-1)
                 alive, scores, tokens, new_tokens = alive[keep_inputs], scores[keep_inputs], tokens[rows], new_tokens[rows]
-                self_kv, cross_kv, memory_mask = self_kv[:, :, rows], cross_kv[:, :, rows], memory_mask[rows]
+                self_kv = self_kv[:, :, rows]
+                cross_kv, memory_mask = cross_kv[:, :, keep_inputs], memory_mask[keep_inputs]
             log_probs, self_kv = self._step(new_tokens[:, None], self_kv, cross_kv, memory_mask)
         results = []
         for scores_row, totals_row, tokens_row in zip(pool_scores.tolist(), pool_totals.tolist(),

@@ -102,3 +102,24 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
                              str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "not a checkpoint folder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2", "whisper"])
+def test_hf_audio_models_export(tmp_path, kind, char_tokenizer):
+    """A transformers encoder goes through the export too (traced at 1 s, run at other lengths)."""
+    pytest.importorskip("transformers")
+    from conftest import make_model, waveform_batch
+    from mmseq.onnx_export import export_onnx
+    from mmseq.onnx_runner import OnnxModel
+    from test_hf_audio import WAV2VEC2, WHISPER
+
+    encoder = dict(name="hf_audio", hf_config=WAV2VEC2 if kind == "wav2vec2" else WHISPER, pretrained=False,
+                   downsample=2)
+    model = make_model(char_tokenizer, encoder=encoder, seed=3)
+    model.save(tmp_path / "checkpoint")
+    runner = OnnxModel(export_onnx(tmp_path / "checkpoint", tmp_path / "onnx"))
+    batch = waveform_batch([0.5, 0.8, 0.35], 0)
+    for beam in (1, 3):
+        theirs = model.generate(batch, beam_size=beam, ctc_weight=0.0)
+        ours = runner.generate(batch["inputs"].numpy(), batch["lengths"].numpy(), beam_size=beam)
+        assert [h[0].tokens for h in ours] == [h[0].tokens for h in theirs]

@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 
 import torch
+import torchaudio
 from torch import nn
 
 from ..errors import ConfigError, InputError
@@ -137,7 +138,10 @@ class HFAudioEncoder(Encoder):
             extractor = transformers.WhisperFeatureExtractor(**self.feature_settings)
             self.register_buffer("mel_filters", torch.tensor(extractor.mel_filters, dtype=torch.float32).T,
                                  persistent=False)  # (mels, n_fft // 2 + 1), rebuilt from the settings
-            self.register_buffer("window", torch.hann_window(self.feature_settings["n_fft"]), persistent=False)
+            # torchaudio's module (torch.stft underneath, as the feature extractor): the ONNX
+            # export knows how to swap it for a real-valued one.
+            self.spectrogram = torchaudio.transforms.Spectrogram(
+                self.feature_settings["n_fft"], hop_length=self.feature_settings["hop_length"], power=2.0)
         else:
             stride = 1
             for s in config.conv_stride:
@@ -237,8 +241,7 @@ class HFAudioEncoder(Encoder):
             raise InputError(f"Whisper's encoder takes at most {frames * hop / self.sample_rate:.1f} s of audio; "
                              f"got {waveforms.shape[1] / self.sample_rate:.1f} s (cut long audio into windows)")
         waveforms = nn.functional.pad(waveforms.float(), (0, frames * hop - waveforms.shape[1]))
-        stft = torch.stft(waveforms, settings["n_fft"], hop, window=self.window, return_complex=True)
-        power = stft[..., :-1].abs() ** 2  # (batch, freqs, frames)
+        power = self.spectrogram(waveforms)[..., :-1]  # (batch, freqs, frames)
         log_spec = (self.mel_filters @ power).clamp(min=1e-10).log10()
         floor = log_spec.amax(dim=(1, 2), keepdim=True) - 8.0
         return (torch.maximum(log_spec, floor) + 4.0) / 4.0
@@ -271,7 +274,8 @@ class HFAudioEncoder(Encoder):
                 memory = self.backbone(waveforms, attention_mask=sample_mask.long()).last_hidden_state
                 frames = self.backbone._get_feat_extract_output_lengths(sample_mask.sum(1))
         frames = frames.clamp(min=1, max=memory.shape[1]).long()
-        memory = memory[:, : int(frames.max())]  # Whisper's fixed window: keep only what any row uses
+        if not torch.jit.is_tracing():  # (an export keeps the whole window: the mask covers it)
+            memory = memory[:, : int(frames.max())]  # Whisper's fixed window: keep only what any row uses
         mask = lengths_to_mask(frames, memory.shape[1])
         if self.downsample > 1:
             step = self.downsample
