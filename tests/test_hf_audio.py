@@ -160,3 +160,22 @@ def test_bad_settings_are_clear_errors(tmp_path):
         create_encoder("hf_audio", hf_config=WAV2VEC2, pretrained=False, trainable="last:9")
     with pytest.raises(ConfigError, match="no such folder"):
         create_encoder("hf_audio", model=str(tmp_path / "missing"), pretrained=False)
+
+
+@pytest.mark.parametrize("model_type", ["wav2vec2", "hubert", "wavlm"])
+def test_waveform_family_padding_and_groups(model_type):
+    """HuBERT and WavLM share wav2vec2's layout: the same freezing groups, and (with LayerNorm in
+    the feature encoder) padding that changes no real frame."""
+    encoder = create_encoder("hf_audio", hf_config=dict(WAVEFORM_TINY, model_type=model_type), pretrained=False,
+                             trainable="last:1").eval()
+    trains = {name for name, p in encoder.backbone.named_parameters() if p.requires_grad}
+    assert trains and all(n.startswith(("encoder.layers.1.", "encoder.layer_norm.")) for n in trains)
+    waveforms, lengths = torch.randn(2, 16000), torch.tensor([16000, 9000])
+    with torch.no_grad():
+        memory, mask = encoder(waveforms, lengths)
+        alone, alone_mask = encoder(waveforms[1:, :9000], lengths[1:])
+    assert int(mask[1].sum()) == alone.shape[1] == int(alone_mask.sum())
+    torch.testing.assert_close(memory[1, : alone.shape[1]], alone[0], atol=1e-4, rtol=1e-4)
+
+
+WAVEFORM_TINY = {k: v for k, v in WAV2VEC2.items() if k != "model_type"}

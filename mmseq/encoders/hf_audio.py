@@ -1,5 +1,5 @@
-"""Pretrained speech encoders from Hugging Face transformers: wav2vec2, HuBERT, WavLM (and other
-models of the same family that ``AutoModel`` builds from raw waveforms) and Whisper's encoder.
+"""Pretrained speech encoders from Hugging Face transformers: wav2vec2, HuBERT, WavLM and Whisper's
+encoder.
 
 ``hf_audio`` wraps one such model. Its front end (the feature extractor: wav2vec2's per-utterance
 normalisation of the waveform, Whisper's log-mel spectrogram) runs inside the model in torch, on
@@ -38,7 +38,7 @@ from ..errors import ConfigError, InputError
 from .base import Encoder, lengths_to_mask, register_encoder
 from .image import trainable_group_count
 
-WAVEFORM_FAMILY = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "unispeech", "unispeech-sat")
+WAVEFORM_FAMILY = ("wav2vec2", "hubert", "wavlm")  # the ones tested; others of the family may need their own groups
 WHISPER_FEATURES = ("feature_size", "sampling_rate", "hop_length", "n_fft", "dither", "padding_value")
 WAVEFORM_FEATURES = ("feature_size", "sampling_rate", "do_normalize", "padding_value", "return_attention_mask")
 
