@@ -117,6 +117,12 @@ def command_encoders(args) -> int:
     return 0
 
 
+def command_export(args) -> int:
+    from .onnx_export import export_onnx
+    print(f"wrote {export_onnx(args.checkpoint, args.out, args.task)} (run it with mmseq.onnx_runner.OnnxModel)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmseq", description="Multimodal sequence-to-sequence learning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--last", type=int, help="average the run's N newest checkpoints")
     group.add_argument("--best", type=int, help="average the run's N best checkpoints by validation metric")
     p.set_defaults(run=command_average)
+
+    p = commands.add_parser("export", help="write a checkpoint as ONNX graphs: encoder, decoder step with its cache")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="graph format (default onnx)")
+    p.add_argument("--out", required=True, help="folder for encoder.onnx, decoder_step.onnx and their settings")
+    p.add_argument("--task", help="the task to export, for a model that serves several")
+    p.set_defaults(run=command_export)
 
     p = commands.add_parser("encoders", help="list the registered encoders, built-in and from plugins")
     p.set_defaults(run=command_encoders)

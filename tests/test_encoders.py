@@ -25,7 +25,14 @@ SMALL = {
     "text": dict(tokenizer={"type": "char", "vocab": "abcdefghijklmnopqrstuvwxyz "}, dim=32, layers=2, heads=2,
                  ffn_dim=64, dropout=0.1),
     "null": dict(dim=8),
+    # A tiny random wav2vec2 built from its config alone (no hub, no folder); needs transformers.
+    "hf_audio": dict(pretrained=False, downsample=2, hf_config=dict(
+        model_type="wav2vec2", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        conv_dim=[16, 16], conv_stride=[5, 4], conv_kernel=[10, 8], num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
+        mask_time_prob=0.0, layerdrop=0.0)),
 }
+OPTIONAL = {"hf_audio": "transformers"}  # encoders whose package is an optional extra
 
 
 def example_inputs(encoder: Encoder, seed: int = 0):
@@ -48,6 +55,8 @@ def example_inputs(encoder: Encoder, seed: int = 0):
 def build(name):
     if name not in SMALL:
         pytest.skip(f"encoder {name!r} has no small test settings in tests/test_encoders.py: add them to SMALL")
+    if name in OPTIONAL:
+        pytest.importorskip(OPTIONAL[name])
     torch.manual_seed(0)
     return create_encoder(name, **SMALL[name])
 
