@@ -18,7 +18,7 @@ from . import __version__
 from .decoder import DecoderConfig, TextDecoder
 from .encoders import ENCODERS, create_encoder
 from .errors import CheckpointError, ConfigError, TokenizerError
-from .search import DecodingOptions, Hypothesis, beam_search, greedy_search
+from .search import DecodingOptions, Hypothesis, beam_search, fused_scorers, greedy_search
 from .tasks import TASKS, create_task
 from . import lm as _lm  # noqa: F401  (registers the "lm" task and the "null" encoder)
 from .tokenizer import Tokenizer, build_tokenizer
@@ -150,7 +150,7 @@ class Seq2Seq(nn.Module):
 
     # -- decoding ---------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: dict, prompt: str | list[int] | None = None, lm=None,
+    def generate(self, batch: dict, prompt: str | list[int] | None = None, lm=None, scorers=(),
                  **options) -> list[list[Hypothesis]]:
         """Decode a batch (``inputs``, ``lengths``); returns n-best hypotheses per input, best first.
 
@@ -158,7 +158,8 @@ class Seq2Seq(nn.Module):
         task token (a string such as ``"<|short|> a photo of"``, or ids); it is not scored, and
         ``Hypothesis.output`` starts with it. ``lm``: a :class:`mmseq.lm.LanguageModel` (or its
         checkpoint folder) fused with weight ``lm_weight``. ``options`` override the checkpoint's
-        :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...).
+        :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more
+        ``(scorer, weight)`` pairs fused with the decoder (:class:`mmseq.scorers.Scorer`).
         """
         name = batch.get("task")
         task_options = self.config.tasks[name].get("decoding", {}) if self.config.tasks and name in self.config.tasks else {}
@@ -175,11 +176,11 @@ class Seq2Seq(nn.Module):
         inputs = batch["inputs"].to(self.device)
         lengths = batch.get("lengths")
         memory, memory_mask = self.encode(inputs, lengths.to(self.device) if lengths is not None else None, name)
-        use_ctc = options.ctc_weight > 0 and ctc_head is not None
-        if options.beam_size == 1 and not use_ctc and lm is None:
+        ctc = self.ctc_log_probs(memory, ctc_head) if options.ctc_weight > 0 and ctc_head is not None else None
+        fused = fused_scorers(self, options, ctc, lm, scorers)
+        if options.beam_size == 1 and not fused:
             return [[hyp] for hyp in greedy_search(self, memory, memory_mask, prompt_ids, options)]
-        ctc = self.ctc_log_probs(memory, ctc_head) if use_ctc else None
-        return beam_search(self, memory, memory_mask, prompt_ids, options, ctc, lm)
+        return beam_search(self, memory, memory_mask, prompt_ids, options, scorers=fused)
 
     def decode_texts(self, batch: dict, **options) -> list[str]:
         """Best text per input; a forced text prefix of the prompt starts it."""
