@@ -87,6 +87,9 @@ def _decode_files(args) -> int:
     from .inference import iter_decode
     from .errors import InputError
     model = _load(args)
+    if getattr(args, "timestamps", None):
+        from .timestamps import write_timed
+        return write_timed(model, args.inputs, args.timestamps, args.batch_size, prompt=args.prompt, **_options(args))
     failures = 0
     results = {}
     for index, result in iter_decode(model, args.inputs, args.batch_size, prompt=args.prompt, **_options(args)):
@@ -161,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--segment-pause", type=float, metavar="SECONDS",
                            help="long audio: also end a window at every pause this long (one sentence per "
                                 "window, for models trained on single sentences)")
+            p.add_argument("--timestamps", choices=["json", "srt", "vtt"],
+                           help="word and segment times: one JSON line per input, or SRT / WebVTT subtitles "
+                                "(to stdout for one input, beside each input for several)")
             p.add_argument("--silence", type=float, nargs=2, metavar=("BEFORE", "AFTER"),
                            help="long audio: seconds of silence kept before and after each window's sound, "
                                 "as in the model's training utterances (default 0.1 0.1)")

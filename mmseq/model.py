@@ -195,8 +195,14 @@ class Seq2Seq(nn.Module):
 
         return decode_sources(self, sources, batch_size=batch_size, **options)
 
-    def transcribe(self, audio, batch_size: int = 16, **options) -> list[str]:
-        """Transcripts of audio files, waveforms (at the encoder's sample rate) or both."""
+    def transcribe(self, audio, batch_size: int = 16, timestamps: bool = False, **options) -> list:
+        """Transcripts of audio files, waveforms (at the encoder's sample rate) or both. With
+        ``timestamps=True``: :class:`mmseq.timestamps.TimedTranscript` objects (``.text``,
+        ``.segments``, ``.words`` with start and end seconds and a confidence); see
+        :func:`mmseq.timestamps.timed_transcripts` for its options (``method``, ``longform``)."""
+        if timestamps:
+            from .timestamps import timed_transcripts
+            return timed_transcripts(self, audio, batch_size, task="asr", **options)
         return self._run(audio, batch_size, task="asr", **options)
 
     def caption(self, images, batch_size: int = 16, **options) -> list[str]:
