@@ -92,6 +92,12 @@ def command_eval(args) -> int:
 
 
 def _decode_files(args) -> int:
+    if getattr(args, "timestamps", None):  # word times: JSON lines, SRT or VTT (mmseq/timestamps.py)
+        from .timestamps import write_timed
+        model = _load(args)
+        route = model.route(args.task, "asr")
+        return write_timed(model, args.inputs, args.timestamps, args.batch_size, prompt=args.prompt, task=route.name,
+                           **_options(args))
     from .batch import command
     return command(args, _load, _options(args), args.batch_task)
 
@@ -162,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--segment-pause", type=float, metavar="SECONDS",
                            help="long audio: also end a window at every pause this long (one sentence per "
                                 "window, for models trained on single sentences)")
+            p.add_argument("--timestamps", choices=["json", "srt", "vtt"],
+                           help="word and segment times: one JSON line per input, or SRT / WebVTT subtitles "
+                                "(to stdout for one input, beside each input for several)")
             p.add_argument("--silence", type=float, nargs=2, metavar=("BEFORE", "AFTER"),
                            help="long audio: seconds of silence kept before and after each window's sound, "
                                 "as in the model's training utterances (default 0.1 0.1)")

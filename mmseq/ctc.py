@@ -65,7 +65,7 @@ class CTCPrefixScorer:
             r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + blank[t]
         log_psi = torch.cat([r[start - 1, 0][None], log_phi[start - 1:-1] + xs[start:]]).logsumexp(0)
         log_psi = torch.where(candidates == self.eos, r_sum[-1][:, None], log_psi)
-        self._next_r, self._next_score = r, log_psi
+        self._next_r, self._next_score, self.candidates = r, log_psi, candidates
         gain = log_psi - self.prefix_score[:, None]
         # A row whose prefix CTC cannot produce stays impossible (not -inf minus -inf = nan).
         return gain.masked_fill((self.prefix_score == NEG_INF)[:, None], NEG_INF)

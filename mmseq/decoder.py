@@ -43,6 +43,15 @@ class DecoderCache:
     length: int = 0
     group: int = 1  # consecutive rows that attend to one memory row
     spare: torch.Tensor | None = field(default=None, repr=False)  # reorder's target, swapped with self_kv
+    memory_bias: torch.Tensor | None = field(default=None, repr=False)  # (rows / group, 1, 1, frames): 0 or -inf
+
+    def __post_init__(self):
+        # The cross-attention mask as an additive bias, made once: given a boolean mask, SDPA
+        # converts it to this on every call of every layer (a tenth of a decoding step on CPU).
+        if self.memory_bias is None:
+            dtype = self.cross_kv[0].dtype if self.cross_kv else torch.float32
+            bias = torch.zeros(self.memory_mask.shape, dtype=dtype, device=self.memory_mask.device)
+            self.memory_bias = bias.masked_fill(~self.memory_mask, float("-inf"))[:, None, None, :]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Make row ``i`` continue the hypothesis of row ``index[i]`` (same input): one index op,
@@ -78,7 +87,7 @@ class DecoderCache:
         """Like :meth:`repeat`, but the ``times`` rows of each input share its cross-attention keys
         and values instead of copies: a beam reads them once per step, not once per hypothesis."""
         return DecoderCache(self.self_kv.repeat_interleave(times, 2), self.cross_kv, self.memory_mask, self.length,
-                            self.group * times)
+                            self.group * times, memory_bias=self.memory_bias)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -104,7 +113,8 @@ class DecoderLayer(nn.Module):
         kv = self.cross_kv(memory).view(memory.shape[0], memory.shape[1], 2, self.heads, -1)
         return kv.permute(2, 0, 3, 1, 4)
 
-    def forward(self, x, cross_kv, memory_mask, self_kv=None, start=0, return_attention=False, group=1):
+    def forward(self, x, cross_kv, memory_mask, self_kv=None, start=0, return_attention=False, group=1,
+                memory_bias=None):
         batch, length, dim = x.shape
         drop = self.dropout.p if self.training else 0.0
         q, k, v = self.self_qkv(self.self_norm(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
@@ -124,7 +134,8 @@ class DecoderLayer(nn.Module):
         if group > 1:  # the rows of a group share one memory: their queries attend to it together
             q = q.view(batch // group, group, self.heads, length, -1).transpose(1, 2).flatten(2, 3)
         mask = memory_mask[:, None, None, :]
-        attended = F.scaled_dot_product_attention(q, cross_kv[0], cross_kv[1], attn_mask=mask, dropout_p=drop)
+        attended = F.scaled_dot_product_attention(q, cross_kv[0], cross_kv[1], dropout_p=drop,
+                                                  attn_mask=mask if memory_bias is None else memory_bias)
         weights = None
         if return_attention:  # only for plots: SDPA does not return its weights
             scores = (q @ cross_kv[0].transpose(-1, -2)) / q.shape[-1] ** 0.5
@@ -183,7 +194,8 @@ class TextDecoder(nn.Module):
         max_length = min(max_length or self.config.max_length, self.config.max_length)
         head_dim = self.config.dim // self.config.heads
         self_kv = memory.new_zeros(len(self.layers), 2, memory.shape[0], self.config.heads, max_length, head_dim)
-        return DecoderCache(self_kv, [layer.memory_kv(memory) for layer in self.layers], memory_mask, 0)
+        # Contiguous keys and values: every step reads them whole (a tenth faster attention on CPU).
+        return DecoderCache(self_kv, [layer.memory_kv(memory).contiguous() for layer in self.layers], memory_mask, 0)
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache, return_attention: bool = False):
         """Logits ``(rows, new, vocab)`` for new tokens ``(rows, new)`` that follow the cached ones."""
@@ -191,7 +203,7 @@ class TextDecoder(nn.Module):
         weights = None
         for i, layer in enumerate(self.layers):
             x, weights = layer(x, cache.cross_kv[i], cache.memory_mask, cache.self_kv[i], cache.length,
-                               return_attention, cache.group)
+                               return_attention, cache.group, cache.memory_bias)
         cache.length += tokens.shape[1]
         logits = self._logits(x)
         return (logits, weights) if return_attention else logits

@@ -18,7 +18,7 @@ from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_weights, wr
 from .decoder import DecoderConfig, TextDecoder
 from .encoders import ENCODERS, create_encoder
 from .errors import CheckpointError, ConfigError, InputError, TokenizerError
-from .search import DecodingOptions, Hypothesis, beam_search, greedy_search
+from .search import DecodingOptions, Hypothesis, beam_search, fused_scorers, greedy_search
 from .tasks import TASKS, TaskTable, create_task
 from .tokenizer import Tokenizer, build_tokenizer
 
@@ -226,7 +226,7 @@ class Seq2Seq(nn.Module):
 
     # -- decoding ---------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: dict, prompt: str | list[int] | None = None, lm=None,
+    def generate(self, batch: dict, prompt: str | list[int] | None = None, lm=None, scorers=(),
                  **options) -> list[list[Hypothesis]]:
         """Decode a batch (``inputs``, ``lengths``); returns n-best hypotheses per input, best first.
 
@@ -234,7 +234,8 @@ class Seq2Seq(nn.Module):
         task token (a string such as ``"<|short|> a photo of"``, or ids); it is not scored, and
         ``Hypothesis.output`` starts with it. ``lm``: a :class:`mmseq.lm.LanguageModel` (or its
         checkpoint folder) fused with weight ``lm_weight``. ``options`` override the checkpoint's
-        :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...).
+        :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more
+        ``(scorer, weight)`` pairs fused with the decoder (:class:`mmseq.scorers.Scorer`).
         """
         route = self.route(batch.get("task"))
         options = DecodingOptions(**{**asdict(self.decoding), **route.decoding, **options}).check()
@@ -251,11 +252,11 @@ class Seq2Seq(nn.Module):
         inputs = batch["inputs"].to(self.device)
         lengths = batch.get("lengths")
         memory, memory_mask = route.encoder(inputs, lengths.to(self.device) if lengths is not None else None)
-        use_ctc = options.ctc_weight > 0 and ctc_head is not None
-        if options.beam_size == 1 and not use_ctc and lm is None:
+        ctc = self.ctc_log_probs(memory, ctc_head) if options.ctc_weight > 0 and ctc_head is not None else None
+        fused = fused_scorers(self, options, ctc, lm, scorers)
+        if options.beam_size == 1 and not fused:
             return [[hyp] for hyp in greedy_search(self, memory, memory_mask, prompt_ids, options)]
-        ctc = self.ctc_log_probs(memory, ctc_head) if use_ctc else None
-        return beam_search(self, memory, memory_mask, prompt_ids, options, ctc, lm)
+        return beam_search(self, memory, memory_mask, prompt_ids, options, scorers=fused)
 
     def decode_texts(self, batch: dict, **options) -> list[str]:
         """Best text per input; a forced text prefix of the prompt starts it."""
@@ -271,9 +272,16 @@ class Seq2Seq(nn.Module):
 
         return decode_sources(self, sources, batch_size=batch_size, task=self.route(task, kind).name, **options)
 
-    def transcribe(self, audio, batch_size: int = 16, task: str | None = None, **options) -> list[str]:
+    def transcribe(self, audio, batch_size: int = 16, task: str | None = None, timestamps: bool = False,
+                   **options) -> list:
         """Transcripts of audio files, waveforms (at the encoder's sample rate) or both; ``task``
-        picks the route of a model with several speech routes."""
+        picks the route of a model with several speech routes. With ``timestamps=True``:
+        :class:`mmseq.timestamps.TimedTranscript` objects (``.text``, ``.segments``, ``.words`` with
+        start and end seconds and a confidence); see :func:`mmseq.timestamps.timed_transcripts` for
+        its options (``method``, ``longform``)."""
+        if timestamps:
+            from .timestamps import timed_transcripts
+            return timed_transcripts(self, audio, batch_size, task=self.route(task, "asr").name, **options)
         return self._run(audio, batch_size, "asr", task, **options)
 
     def caption(self, images, batch_size: int = 16, task: str | None = None, **options) -> list[str]:

@@ -7,7 +7,8 @@ everything is tensor operations over ``inputs x beam`` rows; the only host synch
 count per step of the inputs that are done (their rows then leave the batch).
 
 Scores. Each step adds ``(1 - ctc_weight) * log p_attention + ctc_weight * CTC prefix gain +
-lm_weight * log p_lm`` (ESPnet's weighting); a finished hypothesis of ``length`` new tokens
+lm_weight * log p_lm`` (ESPnet's weighting), and the weighted gains of any other fused scorer
+(:mod:`mmseq.scorers`: one class each, nothing here names them); a finished hypothesis of ``length`` new tokens
 (``</s>`` included, prompt not counted) ranks by ``(total + length_bonus * length) /
 length ** length_penalty``.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ctc import CTCPrefixScorer
+from .scorers.ctc import CTCScorer
 from .errors import ConfigError, InputError
 
 NEG_INF = float("-inf")
@@ -168,57 +169,62 @@ def _share(cache, times: int):
     return cache.share(times) if hasattr(cache, "share") else cache.repeat(times)
 
 
-def _room(model, prefix: torch.Tensor, lm=None) -> int:
-    """Positions left for new tokens in the decoder (and the language model) after the prefix."""
+def _room(model, prefix: torch.Tensor, scorers=()) -> int:
+    """Positions left for new tokens in the decoder (and the fused scorers) after the prefix."""
     room = model.decoder.config.max_length - len(prefix)
-    if lm is not None:
-        room = min(room, lm.room(prefix[1:].tolist()))
+    for scorer, _ in scorers:
+        limit = scorer.room(prefix[1:].tolist())
+        room = room if limit is None else min(room, limit)
     return room
 
 
-class _Fusion:
-    """The scorers fused with the decoder: an optional language model over the whole vocabulary
-    and an optional CTC prefix scorer over each row's best candidates."""
+def fused_scorers(model, options: DecodingOptions, ctc_log_probs=None, lm=None, scorers=()) -> list:
+    """``(scorer, weight)`` pairs of a search: CTC prefix scores of ``ctc_log_probs`` with
+    ``options.ctc_weight``, the language model ``lm`` with ``options.lm_weight``, then ``scorers``
+    (pairs given by the caller); those of weight 0 are left out."""
+    pairs = []
+    if ctc_log_probs is not None and options.ctc_weight > 0:
+        pairs.append((CTCScorer(ctc_log_probs, model.tokenizer), options.ctc_weight))
+    if lm is not None and options.lm_weight > 0:
+        pairs.append((lm, options.lm_weight))
+    return pairs + [(scorer, float(weight)) for scorer, weight in scorers if weight]
 
-    def __init__(self, model, options: DecodingOptions, prompt: list[int], memory_mask, rows_per_input: int,
-                 max_new: int, ctc_log_probs=None, lm=None):
-        self.options = options
-        self.ctc = None
-        if options.ctc_weight > 0 and ctc_log_probs is not None:
-            self.ctc = CTCPrefixScorer(ctc_log_probs, memory_mask.sum(1), model.tokenizer.eos_id,
-                                       model.tokenizer.pad_id, rows_per_input)
-            # CTC transcribes the text only: it starts after the prompt's text prefix, if any.
-            self.ctc.force([i for i in prompt if i >= len(model.tokenizer.special_tokens)])
-        self.lm = lm if lm is not None and options.lm_weight > 0 else None
-        self.attention_weight = 1.0 - options.ctc_weight if self.ctc is not None else 1.0
-        if self.lm is not None:
-            rows = memory_mask.shape[0] * rows_per_input
-            self.lm_log_probs, self.lm_state = lm.init_state(list(prompt), rows, max_new)
 
-    def full(self, log_probs: torch.Tensor) -> torch.Tensor:
-        """Scores of every token from the scorers that see the whole vocabulary."""
+class _Fused:
+    """The scorers fused with the decoder in one search (see :class:`mmseq.scorers.Scorer`) and
+    their states: those that score the whole vocabulary, then those that score each row's best
+    candidates."""
+
+    def __init__(self, pairs, prompt: list[int], memory_mask, rows_per_input: int, max_new: int):
+        self.pairs = list(pairs)
+        self.states = [scorer.init_state(prompt, memory_mask, rows_per_input, max_new) for scorer, _ in self.pairs]
+        self.attention_weight = 1.0 - sum(weight for scorer, weight in self.pairs if scorer.joint)
+        if self.attention_weight <= 0:
+            raise ConfigError("the weights of the joint scorers (ctc_weight) must add up to less than 1")
+        self.partial = any(scorer.partial for scorer, _ in self.pairs)
+
+    def full(self, log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The decoder's ``log_probs (rows, vocab)`` weighted, plus the weighted whole-vocabulary scorers."""
         if self.attention_weight != 1.0:
             log_probs = log_probs * self.attention_weight
-        if self.lm is not None:
-            log_probs = log_probs + self.options.lm_weight * self.lm_log_probs.float()
+        for (scorer, weight), state in zip(self.pairs, self.states):
+            if not scorer.partial:
+                log_probs = log_probs + weight * scorer.score(state, tokens, None).float()
         return log_probs
 
-    def advance(self, index: torch.Tensor, new_tokens: torch.Tensor, candidates=None) -> None:
-        """Row ``i`` continues row ``index[i]`` with ``new_tokens[i]``, one of that row's ``candidates``."""
-        if self.ctc is not None:
-            self.ctc.advance(index, candidates, new_tokens)
-        if self.lm is not None:
-            self.lm_state = self.lm.reorder(self.lm_state, index)
+    def candidates(self, tokens: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Weighted sum ``(rows, count)`` of the candidate scorers' gains for ``candidates``."""
+        total = torch.zeros(candidates.shape, device=candidates.device)
+        for (scorer, weight), state in zip(self.pairs, self.states):
+            if scorer.partial:
+                total = total + weight * scorer.score(state, tokens, candidates).float()
+        return total
+
+    def advance(self, index: torch.Tensor, new_tokens: torch.Tensor) -> None:
+        self.states = [scorer.advance(state, index, new_tokens) for (scorer, _), state in zip(self.pairs, self.states)]
 
     def select(self, rows: torch.Tensor) -> None:
-        if self.ctc is not None:
-            self.ctc.select(rows)
-        if self.lm is not None:
-            self.lm_state = self.lm.select(self.lm_state, rows)
-
-    def next(self, new_tokens: torch.Tensor) -> None:
-        if self.lm is not None:
-            self.lm_log_probs, self.lm_state = self.lm.score(new_tokens[:, None], self.lm_state)
+        self.states = [scorer.select(state, rows) for (scorer, _), state in zip(self.pairs, self.states)]
 
 
 # -- greedy ----------------------------------------------------------------------------------------
@@ -267,7 +273,7 @@ def _hypothesis(row: list[int], total: float, eos: int, options: DecodingOptions
 # -- beam -------------------------------------------------------------------------------------------
 @torch.no_grad()
 def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: DecodingOptions | None = None,
-                ctc_log_probs: torch.Tensor | None = None, lm=None) -> list[list[Hypothesis]]:
+                ctc_log_probs: torch.Tensor | None = None, lm=None, scorers=()) -> list[list[Hypothesis]]:
     """Beam search over ``inputs x beam`` rows at once; returns up to ``options.nbest``
     hypotheses per input, best first, each with its score.
 
@@ -278,8 +284,11 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
         prompt: ids forced after ``<s>`` (task token, control tokens, a text prefix); not scored.
         ctc_log_probs: ``(batch, frames, vocab)`` the CTC head's output, for joint CTC/attention
             decoding with weight ``options.ctc_weight``.
-        lm: a language model scorer (see :class:`mmseq.lm.LanguageModel`) fused with weight
+        lm: a language model scorer (see :class:`mmseq.scorers.LanguageModel`) fused with weight
             ``options.lm_weight``.
+        scorers: more ``(scorer, weight)`` pairs to fuse (:class:`mmseq.scorers.Scorer`). A scorer
+            that scores candidates only (CTC) sees each row's best ``ctc_candidates * beam``
+            tokens by the other scores, ``</s>`` always among them.
 
     The cross-attention keys and values are computed once per input; each step reorders the
     self-attention cache with one index operation. A hypothesis that ends among the best ``beam``
@@ -300,14 +309,15 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     beam, eos, device = options.beam_size, model.tokenizer.eos_id, memory.device
     batch = memory.shape[0]
     prefix = _prefix(model, prompt, device)
-    limits = _limits(memory_mask, options, _room(model, prefix, lm if options.lm_weight > 0 else None))
+    pairs = fused_scorers(model, options, ctc_log_probs, lm, scorers)
+    limits = _limits(memory_mask, options, _room(model, prefix, pairs))
     max_new = int(limits.max())
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
     cache, logits = _start(model, memory, memory_mask, prefix, max_new)
     cache, logits = _share(cache, beam), logits.repeat_interleave(beam, 0)
-    fusion = _Fusion(model, options, list(prompt), memory_mask, beam, max_new, ctc_log_probs, lm)
+    fusion = _Fused(pairs, list(prompt), memory_mask, beam, max_new)
     candidates_per_row = None
-    if fusion.ctc is not None:
+    if fusion.partial:
         candidates_per_row = min(logits.shape[-1], max(2, math.ceil(options.ctc_candidates * beam)))
     lengths = torch.arange(1, max_new + 1, device=device, dtype=torch.float)
     heuristic = options.early_stopping == "heuristic"
@@ -323,16 +333,22 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     for step in range(max_new):
         inputs = alive.shape[0]
         log_probs = _suppress(logits.float().log_softmax(-1), model.tokenizer)
-        log_probs = _filter(fusion.full(log_probs), step, limits[alive].repeat_interleave(beam), tokens,
+        log_probs = _filter(fusion.full(log_probs, tokens), step, limits[alive].repeat_interleave(beam), tokens,
                             options, eos, bad_endings)
-        if fusion.ctc is not None:
-            # CTC scores only each row's best candidates, all rows at once; ``</s>`` is always one of
-            # them, so a hypothesis that CTC cannot extend further can still end.
+        if fusion.partial:
+            # Candidate scorers (CTC) score only each row's best candidates, all rows at once;
+            # ``</s>`` is always one of them, so a hypothesis that CTC cannot extend can still end.
             others = log_probs.clone()
             others[:, eos] = NEG_INF
-            candidates = torch.cat([others.topk(candidates_per_row - 1, -1).indices,
-                                    torch.full_like(log_probs[:, :1], eos, dtype=torch.long)], 1)
-            step_scores = log_probs.gather(1, candidates) + options.ctc_weight * fusion.ctc.score(tokens, candidates)
+            best = others.topk(candidates_per_row - 1, -1).indices
+            candidates = torch.cat([best, torch.full_like(log_probs[:, :1], eos, dtype=torch.long)], 1)
+            step_scores = log_probs.gather(1, candidates)
+            # In a row with fewer finite scores than candidates (e.g. at its length limit, where only
+            # ``</s>`` is allowed), topk may pick ``</s>`` among the ties at -inf: gathered from
+            # ``log_probs`` it would score like the real ``</s>``, and the pool would take the same
+            # hypothesis twice. That copy stays impossible.
+            step_scores[:, :-1] = step_scores[:, :-1].masked_fill(best == eos, NEG_INF)
+            step_scores = step_scores + fusion.candidates(tokens, candidates)
         else:
             step_scores, candidates = log_probs, None
         width = step_scores.shape[-1]
@@ -362,7 +378,7 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
         new_tokens = top_token.gather(1, live).view(-1)
         tokens = torch.cat([tokens[index], new_tokens[:, None]], 1)
         cache.reorder(index)
-        fusion.advance(index, new_tokens, candidates)
+        fusion.advance(index, new_tokens)
 
         # Done when no live hypothesis can beat the finished ones. Step scores are log-probabilities
         # (<= 0), so the best a live beam can reach is its total now at the most favourable length
@@ -384,7 +400,6 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
             cache = cache.select(rows)
             fusion.select(rows)
         logits = model.decoder.step(new_tokens[:, None], cache)[:, -1]
-        fusion.next(new_tokens)
     return _collect(pool_scores, pool_totals, pool_tokens, eos, options.nbest, list(prompt))
 
 

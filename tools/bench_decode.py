@@ -3,6 +3,7 @@ at a time and with Hugging Face transformers' ``generate()`` on a decoder of the
 
     python tools/bench_decode.py                      # beams 1, 4, 10; batch 32; 32 output tokens
     python tools/bench_decode.py --beams 4 --batch 32 --json out.json
+    python tools/bench_decode.py --checkpoint exp/synth_speech/best --manifest data/synth_speech/test.jsonl
 
 Every method decodes the same encoder outputs (speech encoder of the synth_speech recipe on random
 audio of 2 to 6 s) into exactly ``--length`` new tokens (``</s>`` is forbidden before, forced at
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mmseq.model import ModelConfig, Seq2Seq  # noqa: E402
 from mmseq.search import DecodingOptions, beam_search, greedy_search  # noqa: E402
@@ -110,12 +112,53 @@ CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 def best_time(function, repeats: int, clock: str = "cpu") -> float:
     now = CLOCKS[clock]
+    sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
     times = []
     for _ in range(repeats):
+        sync()
         start = now()
         function()
+        sync()  # a GPU runs ahead of the host: count its work, not only the launches
         times.append(now() - start)
     return min(times)
+
+
+def real_lengths(args) -> int:
+    """``--checkpoint``: a trained model on a manifest's utterances, lengths unforced (each ends at
+    its own ``</s>``, so finished inputs leave the batch): utterances/s and RTFx (audio seconds per
+    second, encoder included) at each beam, without and with CTC."""
+    import mmseq
+    from bench_rtf import read_manifest
+
+    model = mmseq.load(args.checkpoint, args.device)
+    task = model.route().task
+    waveforms = [task.load_input(r["audio"]) for r in read_manifest(Path(args.manifest), args.limit)]
+    rate = task.encoder.sample_rate
+    order = sorted(range(len(waveforms)), key=lambda i: -len(waveforms[i]))
+    batches = [task.collate_inputs([waveforms[i] for i in order[k:k + args.batch]])
+               for k in range(0, len(order), args.batch)]
+    audio = sum(len(w) for w in waveforms) / rate
+    has_ctc = model.route(task.name).ctc_head is not None
+
+    def decode(beam, ctc_weight):
+        for inputs, lengths in batches:
+            model.generate({"inputs": inputs, "lengths": lengths, "task": task.name}, beam_size=beam,
+                           ctc_weight=ctc_weight)
+
+    print(f"{args.checkpoint}: {len(waveforms)} utterances, {audio:.0f} s of audio, batch {args.batch}, "
+          f"{args.device}, {torch.get_num_threads()} threads, {args.clock} clock (best of {args.repeats})")
+    print("| beam | CTC weight | seconds | utterances/s | RTFx |\n|---|---|---|---|---|")
+    rows = []
+    decode(args.beams[0], 0.0)  # warm-up
+    for beam in args.beams:
+        for ctc_weight in ([0.0, 0.3] if has_ctc else [0.0]):
+            seconds = best_time(lambda: decode(beam, ctc_weight), args.repeats, args.clock)
+            rows.append({"beam": beam, "ctc_weight": ctc_weight, "seconds": round(seconds, 3),
+                         "utterances_per_second": round(len(waveforms) / seconds, 2), "rtfx": round(audio / seconds, 1)})
+            print(f"| {beam} | {ctc_weight} | {seconds:.2f} | {len(waveforms) / seconds:.1f} | {audio / seconds:.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "audio_seconds": audio, "rows": rows}, indent=1))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -133,16 +176,25 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=list(CLOCKS), default="cpu",
                         help="cpu: this process's CPU seconds (steady on a shared machine; with one thread the "
                              "wall time of an idle core); wall: elapsed seconds")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on cuda the clock is wall time)")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
     parser.add_argument("--no-single", action="store_true", help="skip the one-at-a-time runs")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--checkpoint", help="instead: a trained checkpoint on --manifest, real lengths")
+    parser.add_argument("--manifest", help="with --checkpoint: the utterances to decode")
+    parser.add_argument("--limit", type=int, default=None, help="with --checkpoint: the first N utterances")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device != "cpu":
+        args.clock = "wall"  # CPU seconds do not see the GPU's work
+    if args.checkpoint:
+        return real_lengths(args)
 
-    model = build_model(args)
-    hf_model = None if args.no_hf else build_hf_model(args)
+    model = build_model(args).to(args.device)
+    hf_model = None if args.no_hf else build_hf_model(args).to(args.device)
     inputs, lengths, audio_seconds = audio_batch(args.batch)
+    inputs, lengths = inputs.to(args.device), lengths.to(args.device)
     with torch.no_grad():
         memory, mask = model.encode(inputs, lengths)
         hf_memory = model.decoder.memory_proj(memory)  # ours projects it once per input inside the search
@@ -150,7 +202,7 @@ def main(argv=None) -> int:
     tokens = args.batch * args.length
     print(f"decoder: {args.layers} layers, width {args.dim}, {args.heads} heads, ffn {args.ffn}, vocab {args.vocab}; "
           f"batch {args.batch}, {args.length} new tokens each, {memory.shape[1]} memory frames at most; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
+          f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {args.clock} clock")
     rows = []
     for beam in args.beams:
         methods = {"mmseq batched": lambda: ours_batched(model, memory, mask, prompt, args, beam)}
