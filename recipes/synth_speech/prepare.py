@@ -1,17 +1,23 @@
 """Make a synthetic English speech corpus with espeak-ng, for training and testing speech recognition offline.
 
-Sentences come from a small grammar (about 450 common words, 3 to 10 words a sentence); each one is spoken
-by a random espeak-ng voice and variant at a random speed and pitch, resampled to 16 kHz mono, given a
-random gain and, on some of them, white or pink noise at 15 to 40 dB SNR. Everything follows from --seed.
+Sentences are real English from three Debian packages, fetched with `apt-get download` into --out/sources
+(the packages are unpacked there, not installed): WordNet 3.0's glosses and usage examples (wordnet-base)
+for train, valid and test; The Devil's Dictionary (dict-devil) for test_other, a test from another source
+that training never saw; GCIDE's definitions (dict-gcide) only for the language model's text. They are
+normalised as ASR transcripts (see normalise). Each sentence is spoken by a random espeak-ng voice and
+variant at a random speed and pitch, resampled to 16 kHz mono, given a random gain and, on some of them,
+white or pink noise at 15 to 40 dB SNR; about half of each held-out split uses an accent or variant that
+train never uses. Everything follows from --seed.
 
 Writes, under --out (default data/synth_speech):
-    train.jsonl, valid.jsonl, test.jsonl   {"id": "train_00000", "audio": "wav/train_00000.wav", "text": "...", "duration": 1.83}
-    wav/<id>.wav                           16 kHz mono 16-bit PCM; paths in the manifests are relative to --out
-    text.txt                               the train sentences, one a line (for tokenizer or language model training)
-    settings.json                          the settings that made them; a rerun with the same settings does nothing
+    train.jsonl, valid.jsonl, test.jsonl, test_other.jsonl
+                        {"id": "train_00000", "audio": "wav/train_00000.wav", "text": "...", "duration": 1.83}
+    wav/<id>.wav        16 kHz mono 16-bit PCM; paths in the manifests are relative to --out
+    text.txt            the train sentences, one a line (the training text, for OOV rates)
+    lm.jsonl            {"text": ...}: every WordNet sentence not in valid or test, then GCIDE's (about 4 million words)
+    settings.json       the settings that made them; a rerun with the same settings does nothing
 
-The three splits share no sentence, and the valid and test sentences use words seen in train wherever the
-grammar allows, so a test measures new sentences rather than new words.
+No sentence is in two splits, and no valid, test or Devil's Dictionary sentence is in lm.jsonl.
 
     python recipes/synth_speech/prepare.py --out data/synth_speech --jobs 2
     python recipes/synth_speech/prepare.py --say "hello there" --wav hello.wav --voice en-us+f3

@@ -6,12 +6,15 @@
         --decoding exp/synth_speech/decoding.json --lm exp/synth_speech_lm/best --out exp/synth_speech/report.json
     python recipes/synth_speech/score.py flags exp/synth_speech/decoding.json --lm exp/synth_speech_lm/best
 
-``tune`` sees only the manifest it is given (the valid split): a coordinate search over the CTC
-weight without the LM, then the LM weight and the length bonus with it (beam 4 throughout). The LM is
-used by default only when it lowers the valid WER. ``report`` adds, for each test split, the OOV
-rate against the training text (``text.txt``) and the error rate of in-vocabulary and OOV reference
-words apart: each reference word counts as an error when the alignment substitutes or deletes it,
-so insertions (which belong to no reference word) are counted on their own.
+``tune`` sees only the manifest it is given (the valid split): it decodes every setting of a small
+grid (beam 4; CTC weight 0.3 or 0.5; LM weight 0 or 0.4; length bonus 0 or 1), in parallel
+processes, and keeps the best without the LM and the best with it; the LM is used by default only
+when it lowers the valid WER. ``--limit N`` decodes only the first N utterances of each manifest
+(run.sh's figures were measured so on a contended machine; see the README). ``report`` adds, for
+each test split, the OOV rate against the training text (``text.txt``) and the error rate of
+in-vocabulary and OOV reference words apart: each reference word counts as an error when the
+alignment substitutes or deletes it, so insertions (which belong to no reference word) are counted
+on their own.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from pathlib import Path
 
 BEAM = 4
 CTC_WEIGHTS = (0.3, 0.5)
-LM_WEIGHTS = (0.3, 0.5, 0.7)
-LENGTH_BONUSES = (0.5, 1.0)
+LM_WEIGHTS = (0.4,)
+LENGTH_BONUSES = (0.0, 1.0)
 TEST_SPLITS = ("test", "test_other")
 
 
@@ -76,57 +79,75 @@ def vocabulary_breakdown(references: list[str], hypotheses: list[str], vocabular
             "insertions_per_word": 100 * insertions / max(total, 1)}
 
 
-def decode(model, manifest: Path, settings: dict, lm: str | None) -> tuple[dict, list[str], list[str]]:
-    """WER/CER of ``model`` on ``manifest`` with ``settings``; also the references and hypotheses."""
+_MODEL = {}
+
+
+def _start_worker(checkpoint: str) -> None:
+    import torch
+
+    from mmseq.model import load
+    torch.set_num_threads(1)  # the parallelism is across decodes
+    _MODEL["model"] = load(checkpoint, "cpu")
+
+
+def decode(manifest: Path, settings: dict, lm: str | None, limit: int | None) -> tuple[dict, list[str], list[str]]:
+    """WER/CER of the worker's model on ``manifest`` (its first ``limit`` lines) with ``settings``;
+    also the references and hypotheses."""
     from mmseq.evaluate import evaluate
 
     options = dict(settings)
     if options.get("lm_weight", 0) > 0:
         options["lm"] = lm
     with tempfile.TemporaryDirectory() as folder:
-        metrics = evaluate(model, manifest, folder, num_workers=0, **options)
+        if limit:  # a shortened copy; audio paths stay relative to the original manifest's folder
+            lines = Path(manifest).read_text().splitlines()[:limit]
+            rows = [json.loads(line) for line in lines]
+            for row in rows:
+                row["audio"] = str((Path(manifest).parent / row["audio"]).resolve())
+            short = Path(folder) / "manifest.jsonl"
+            short.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            manifest = short
+        metrics = evaluate(_MODEL["model"], manifest, folder, batch_size=32, num_workers=0, **options)
         rows = [json.loads(line) for line in open(Path(folder) / "hypotheses.jsonl")]
     references = [row["references"][0] if isinstance(row["references"], list) else row["references"] for row in rows]
     return metrics, references, [row["hypothesis"] for row in rows]
 
 
-def tune(model, valid: Path, lm: str | None) -> dict:
-    tried, seen = [], {}
+def _decode_star(arguments):
+    return decode(*arguments)
 
-    def trial(settings: dict) -> float:
-        key = json.dumps(settings, sort_keys=True)
-        if key in seen:
-            return seen[key]
-        metrics, _, _ = decode(model, valid, settings, lm)
-        seen[key] = metrics["wer"]
-        tried.append({**settings, "wer": metrics["wer"], "cer": metrics["cer"]})
+
+def tune(pool, valid: Path, lm: str | None, limit: int | None) -> dict:
+    """Every setting of the grid decoded on ``valid`` (in parallel by ``pool``); the best without and with the LM."""
+    grid = [{"beam_size": BEAM, "ctc_weight": ctc, "lm_weight": weight, "length_bonus": bonus}
+            for ctc in CTC_WEIGHTS for weight in ((0.0,) + LM_WEIGHTS if lm else (0.0,)) for bonus in LENGTH_BONUSES]
+    results = pool.map(_decode_star, [(valid, settings, lm, limit) for settings in grid])
+    tried = []
+    for settings, (metrics, _, _) in zip(grid, results):
+        tried.append({**settings, "wer": metrics["wer"], "cer": metrics["cer"], "utterances": metrics["examples"]})
         print(f"valid {settings}: WER {metrics['wer']:.2f} %  CER {metrics['cer']:.2f} %", flush=True)
-        return metrics["wer"]
-
-    base = {"beam_size": BEAM, "lm_weight": 0.0, "length_bonus": 0.0}
-    without = min(({**base, "ctc_weight": weight} for weight in CTC_WEIGHTS), key=trial)
-    result = {"without_lm": without, "valid_wer_without_lm": min(r["wer"] for r in tried), "tried": tried}
+    without = min((r for r in tried if r["lm_weight"] == 0), key=lambda r: r["wer"])
+    keys = ("beam_size", "ctc_weight", "lm_weight", "length_bonus")
+    result = {"without_lm": {k: without[k] for k in keys}, "valid_wer_without_lm": without["wer"], "tried": tried}
     if lm:
-        with_lm = min(({**without, "lm_weight": weight} for weight in LM_WEIGHTS), key=trial)
-        with_lm = min([with_lm] + [{**with_lm, "length_bonus": bonus} for bonus in LENGTH_BONUSES], key=trial)
-        best = min(r["wer"] for r in tried if r["lm_weight"] > 0)
-        result.update(with_lm=with_lm, valid_wer_with_lm=best, use_lm=best < result["valid_wer_without_lm"])
+        with_lm = min((r for r in tried if r["lm_weight"] > 0), key=lambda r: r["wer"])
+        result.update(with_lm={k: with_lm[k] for k in keys}, valid_wer_with_lm=with_lm["wer"],
+                      use_lm=with_lm["wer"] < without["wer"])
     else:
         result["use_lm"] = False
     return result
 
 
-def report(model, data: Path, decoding: dict, lm: str | None) -> dict:
+def report(pool, data: Path, decoding: dict, lm: str | None, limit: int | None) -> dict:
     vocabulary = set((data / "text.txt").read_text().split())
+    work = [(split, name) for split in TEST_SPLITS for name in ("without_lm", "with_lm")
+            if name in decoding and (name == "without_lm" or lm)]
+    outputs = pool.map(_decode_star, [(data / f"{split}.jsonl", decoding[name], lm, limit) for split, name in work])
     results = {}
-    for split in TEST_SPLITS:
-        for name in ("without_lm", "with_lm"):
-            if name not in decoding or (name == "with_lm" and not lm):
-                continue
-            metrics, references, hypotheses = decode(model, data / f"{split}.jsonl", decoding[name], lm)
-            results[f"{split}/{name}"] = {"wer": metrics["wer"], "cer": metrics["cer"], "words": metrics["words"],
-                                          "utterances": metrics["examples"],
-                                          **vocabulary_breakdown(references, hypotheses, vocabulary)}
+    for (split, name), (metrics, references, hypotheses) in zip(work, outputs):
+        results[f"{split}/{name}"] = {"wer": metrics["wer"], "cer": metrics["cer"], "words": metrics["words"],
+                                      "utterances": metrics["examples"],
+                                      **vocabulary_breakdown(references, hypotheses, vocabulary)}
     return results
 
 
@@ -156,6 +177,8 @@ def main(argv=None) -> None:
         sub.add_argument("--lm", help="language model checkpoint folder")
     for sub in (tune_parser, report_parser):
         sub.add_argument("--out", type=Path, required=True, help="JSON file to write")
+        sub.add_argument("--limit", type=int, help="decode only the first LIMIT utterances of each manifest")
+        sub.add_argument("--jobs", type=int, default=4, help="decodes run at once, one thread each (default: %(default)s)")
     arguments = parser.parse_args(argv)
     if arguments.command == "flags":
         decoding = json.loads(arguments.decoding.read_text())
@@ -166,17 +189,15 @@ def main(argv=None) -> None:
             flags += [f"--lm={arguments.lm}", f"--lm-weight={settings['lm_weight']}"]
         print(" ".join(flags))
         return
-    import torch
+    import multiprocessing
 
-    from mmseq.model import load
-    torch.set_num_threads(2)
-    model = load(arguments.checkpoint, "cpu")
-    if arguments.command == "tune":
-        result = tune(model, arguments.manifest, arguments.lm)
-    else:
-        decoding = json.loads(arguments.decoding.read_text())
-        result = report(model, arguments.data, decoding, arguments.lm)
-        print_report(result, decoding)
+    with multiprocessing.get_context("spawn").Pool(arguments.jobs, _start_worker, (arguments.checkpoint,)) as pool:
+        if arguments.command == "tune":
+            result = tune(pool, arguments.manifest, arguments.lm, arguments.limit)
+        else:
+            decoding = json.loads(arguments.decoding.read_text())
+            result = report(pool, arguments.data, decoding, arguments.lm, arguments.limit)
+            print_report(result, decoding)
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(result, indent=1) + "\n")
 
