@@ -1,17 +1,23 @@
 """Make a synthetic English speech corpus with espeak-ng, for training and testing speech recognition offline.
 
-Sentences come from a small grammar (about 450 common words, 3 to 10 words a sentence); each one is spoken
-by a random espeak-ng voice and variant at a random speed and pitch, resampled to 16 kHz mono, given a
-random gain and, on some of them, white or pink noise at 15 to 40 dB SNR. Everything follows from --seed.
+Sentences are real English from three Debian packages, fetched with `apt-get download` into --out/sources
+(the packages are unpacked there, not installed): WordNet 3.0's glosses and usage examples (wordnet-base)
+for train, valid and test; The Devil's Dictionary (dict-devil) for test_other, a test from another source
+that training never saw; GCIDE's definitions (dict-gcide) only for the language model's text. They are
+normalised as ASR transcripts (see normalise). Each sentence is spoken by a random espeak-ng voice and
+variant at a random speed and pitch, resampled to 16 kHz mono, given a random gain and, on some of them,
+white or pink noise at 15 to 40 dB SNR; about half of each held-out split uses an accent or variant that
+train never uses. Everything follows from --seed.
 
 Writes, under --out (default data/synth_speech):
-    train.jsonl, valid.jsonl, test.jsonl   {"id": "train_00000", "audio": "wav/train_00000.wav", "text": "...", "duration": 1.83}
-    wav/<id>.wav                           16 kHz mono 16-bit PCM; paths in the manifests are relative to --out
-    text.txt                               the train sentences, one a line (for tokenizer or language model training)
-    settings.json                          the settings that made them; a rerun with the same settings does nothing
+    train.jsonl, valid.jsonl, test.jsonl, test_other.jsonl
+                        {"id": "train_00000", "audio": "wav/train_00000.wav", "text": "...", "duration": 1.83}
+    wav/<id>.wav        16 kHz mono 16-bit PCM; paths in the manifests are relative to --out
+    text.txt            the train sentences, one a line (the training text, for OOV rates)
+    lm.jsonl            {"text": ...}: every WordNet sentence not in valid or test, then GCIDE's (about 4 million words)
+    settings.json       the settings that made them; a rerun with the same settings does nothing
 
-The three splits share no sentence, and the valid and test sentences use words seen in train wherever the
-grammar allows, so a test measures new sentences rather than new words.
+No sentence is in two splits, and no valid, test or Devil's Dictionary sentence is in lm.jsonl.
 
     python recipes/synth_speech/prepare.py --out data/synth_speech --jobs 2
     python recipes/synth_speech/prepare.py --say "hello there" --wav hello.wav --voice en-us+f3
@@ -20,14 +26,18 @@ grammar allows, so a test measures new sentences rather than new words.
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import multiprocessing
+import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -39,353 +49,152 @@ from tqdm import tqdm
 
 SAMPLE_RATE = 16000
 # Bump when the grammar, the voices or the audio processing change, so old corpora are rebuilt.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 
 # ---------------------------------------------------------------------------------------------------------
-# Grammar. Verbs are (base, third person singular, past, present participle).
+# Text. Three Debian packages of real English, fetched with `apt-get download` and unpacked (not installed:
+# dict-gcide and dict-devil would pull in a dictionary server):
+#   wordnet-base  WordNet 3.0 glosses and usage examples, modern English (Princeton): train, valid, test
+#   dict-devil    Ambrose Bierce's The Devil's Dictionary (1906): the other-source test, never trained on
+#   dict-gcide    GNU Collaborative International Dictionary of English, definitions: language model only
+# Debian's fortune databases are used by nothing here.
 
-NAMES = ["anna", "ben", "emma", "jack", "kate", "leo", "maria", "nick", "peter", "rose", "sam", "tom"]
-PEOPLE = ["man", "woman", "boy", "girl", "child", "teacher", "doctor", "farmer", "mother", "father",
-          "sister", "brother", "friend"]
-ANIMALS = ["dog", "cat", "bird", "horse", "cow", "fish", "rabbit", "duck", "sheep"]
-THINGS = ["ball", "book", "box", "cup", "bag", "hat", "key", "phone", "letter", "bottle", "pen", "map",
-          "picture", "gift", "shoe", "ticket", "flower", "chair", "table", "toy", "umbrella"]
-FOODS = ["apple", "cake", "egg", "orange", "banana", "sandwich", "pie", "cookie", "potato", "carrot"]
-DRINKS = ["milk", "tea", "coffee", "water", "juice"]
-READABLES = ["book", "letter", "story", "map", "note"]
-OPENABLES = ["door", "window", "box", "bag", "book", "bottle", "gate"]
-IRREGULAR_PLURALS = {"man": "men", "woman": "women", "child": "children", "mouse": "mice", "sheep": "sheep",
-                     "fish": "fish", "fox": "foxes", "potato": "potatoes", "box": "boxes",
-                     "sandwich": "sandwiches", "story": "stories", "glass": "glasses"}
+TEXT_PACKAGES = ("wordnet-base", "dict-devil", "dict-gcide")
+MIN_WORDS, MAX_WORDS = 4, 16           # spoken sentences: about 1.5 to 7 seconds
+LM_MIN_WORDS, LM_MAX_WORDS = 3, 40
 
-THING_ADJECTIVES = ["big", "small", "red", "blue", "green", "yellow", "black", "white", "old", "new",
-                    "clean", "dirty", "heavy", "empty", "broken", "pretty"]
-FOOD_ADJECTIVES = ["sweet", "fresh", "warm", "cold", "hot", "big", "small"]
-LIVING_ADJECTIVES = ["happy", "sad", "tired", "hungry", "busy", "kind", "clever", "funny", "tall", "young",
-                     "old", "little", "quiet", "lazy"]
-STATE_ADJECTIVES = ["happy", "sad", "tired", "hungry", "busy", "late", "early", "ready", "sick", "cold",
-                    "hot", "sorry", "lost", "home"]
-WEATHER = ["cold", "hot", "warm", "sunny", "rainy", "windy", "dark", "late", "early", "quiet"]
-ADVERBS = ["quickly", "slowly", "quietly", "loudly", "carefully", "again", "together", "alone", "outside",
-           "all day"]
-FREQUENCIES = ["often", "never", "always", "sometimes", "usually"]
-
-PLACES = ["in the kitchen", "at the park", "near the river", "on the hill", "in the garden", "at school",
-          "at home", "in the city", "by the sea", "under the bridge", "behind the house", "in the forest",
-          "at the station", "in the shop", "on the beach", "at the market", "in the library", "at work",
-          "on the farm", "in the car", "on the train", "at the zoo", "near the lake", "on the road",
-          "in the street", "on the bus"]
-DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-TIMES = ["today", "yesterday", "tomorrow", "this morning", "last night", "every day", "in the evening",
-         "after lunch", "before dinner", "next week", "last year", "at night", "right now", "soon", "later"]
-TIMES += [f"on {day}" for day in DAYS]
-
-TAKES_THING = [("take", "takes", "took", "taking"), ("find", "finds", "found", "finding"),
-               ("buy", "buys", "bought", "buying"), ("carry", "carries", "carried", "carrying"),
-               ("bring", "brings", "brought", "bringing"), ("fix", "fixes", "fixed", "fixing"),
-               ("clean", "cleans", "cleaned", "cleaning"),
-               ("hold", "holds", "held", "holding"), ("keep", "keeps", "kept", "keeping"),
-               ("lose", "loses", "lost", "losing"), ("make", "makes", "made", "making"),
-               ("throw", "throws", "threw", "throwing"), ("want", "wants", "wanted", "wanting"),
-               ("need", "needs", "needed", "needing")]
-TAKES_FOOD = [("eat", "eats", "ate", "eating"), ("cook", "cooks", "cooked", "cooking"),
-              ("cut", "cuts", "cut", "cutting"), ("buy", "buys", "bought", "buying"),
-              ("want", "wants", "wanted", "wanting")]
-TAKES_DRINK = [("drink", "drinks", "drank", "drinking"), ("want", "wants", "wanted", "wanting")]
-TAKES_READABLE = [("read", "reads", "read", "reading"), ("write", "writes", "wrote", "writing"),
-                  ("find", "finds", "found", "finding")]
-TAKES_OPENABLE = [("open", "opens", "opened", "opening"), ("close", "closes", "closed", "closing")]
-TAKES_LIVING = [("see", "sees", "saw", "seeing"), ("watch", "watches", "watched", "watching"),
-                ("help", "helps", "helped", "helping"), ("call", "calls", "called", "calling"),
-                ("meet", "meets", "met", "meeting"), ("follow", "follows", "followed", "following"),
-                ("visit", "visits", "visited", "visiting"), ("like", "likes", "liked", "liking")]
-INTRANSITIVE = [("run", "runs", "ran", "running"), ("walk", "walks", "walked", "walking"),
-                ("sleep", "sleeps", "slept", "sleeping"), ("sing", "sings", "sang", "singing"),
-                ("dance", "dances", "danced", "dancing"), ("swim", "swims", "swam", "swimming"),
-                ("jump", "jumps", "jumped", "jumping"), ("laugh", "laughs", "laughed", "laughing"),
-                ("cry", "cries", "cried", "crying"), ("wait", "waits", "waited", "waiting"),
-                ("sit", "sits", "sat", "sitting"), ("play", "plays", "played", "playing"),
-                ("work", "works", "worked", "working"), ("talk", "talks", "talked", "talking")]
-GIVING = [("give", "gives", "gave", "giving"), ("show", "shows", "showed", "showing"),
-          ("bring", "brings", "brought", "bringing"), ("buy", "buys", "bought", "buying")]
-MODALS = ["will", "can", "can't", "won't", "should", "must", "could", "didn't"]
-
-ONES = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
-TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+# Spoken letter by letter, or as a word the transcript would not hold ("mr." is read "mister"): such
+# sentences are dropped rather than guessed at, as ASR corpora drop what they cannot normalise.
+ABBREVIATION = re.compile(r"\b(?:[a-z]\.){2,}|\b(?:mr|mrs|dr|st|jr|sr|etc|vs|viz|cf|ca|no|esp|pp|vol)\.", re.IGNORECASE)
+ACRONYM = re.compile(r"\b[A-Z]{2,}\b")
+SYMBOL = re.compile(r"[0-9$%+=/@#*<>|~^\\{}]")
+PUNCTUATION = re.compile(r"[^a-z' ]+")
+EDGE_APOSTROPHE = re.compile(r"(?:(?<=\s)|^)'+|'+(?=\s|$)")
+WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 
 
-def number_words(number: int) -> str:
-    """Spell 1..999 as words without hyphens or "and": 342 -> "three hundred forty two"."""
-    if number >= 100:
-        rest = number % 100
-        head = f"{ONES[number // 100 - 1]} hundred"
-        return f"{head} {number_words(rest)}" if rest else head
-    if number < 20:
-        return ONES[number - 1]
-    tens, ones = divmod(number, 10)
-    return TENS[tens - 2] + (f" {ONES[ones - 1]}" if ones else "")
+def normalise(text: str, min_words: int = MIN_WORDS, max_words: int = MAX_WORDS) -> str | None:
+    """One ASR-style transcript of ``text``, or None when it cannot be spoken as written.
+
+    Lowercase letters, apostrophes inside words ("don't", "o'clock"), single spaces. Hyphens and dashes
+    become spaces and other punctuation goes; sentences with digits, symbols, abbreviations or acronyms
+    are dropped whole (numbers are never spelled out, so the rule is the same in every split), and so
+    are those with letters outside English or a word count outside [min_words, max_words].
+
+    >>> normalise("Don't leave the well-known 'dog' outside!")
+    "don't leave the well known dog outside"
+    >>> normalise("He paid $5 for it.") is None
+    True
+    """
+    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'").replace("&", " and ")
+    text = "".join(char for char in unicodedata.normalize("NFKD", text) if not unicodedata.combining(char))
+    if not text.isascii() or SYMBOL.search(text) or ABBREVIATION.search(text) or ACRONYM.search(text):
+        return None
+    text = PUNCTUATION.sub(" ", text.lower().replace("_", " "))
+    words = EDGE_APOSTROPHE.sub(" ", text).split()
+    if not min_words <= len(words) <= max_words or not all(WORD.fullmatch(word) for word in words):
+        return None
+    return " ".join(words)
 
 
-def plural(noun: str) -> str:
-    return IRREGULAR_PLURALS.get(noun, noun + "s")
-
-
-def pick_number(rng: random.Random) -> int:
-    """Mostly small numbers, as people say them, with some up to 999."""
-    roll = rng.random()
-    if roll < 0.6:
-        return rng.randint(2, 20)
-    if roll < 0.9:
-        return rng.randint(21, 99)
-    return rng.randint(100, 999)
-
-
-def pick_subject(rng: random.Random) -> tuple[str, bool]:
-    """A subject and whether it takes the third person singular ("she runs", not "they runs")."""
-    roll = rng.random()
-    if roll < 0.3:
-        return rng.choice(NAMES), True
-    if roll < 0.55:
-        determiner = rng.choice(["the", "my", "your", "our", "their", "a", "this", "that"])
-        return f"{determiner} {rng.choice(PEOPLE + ANIMALS)}", True
-    if roll < 0.65:
-        return "the " + plural(rng.choice(PEOPLE + ANIMALS)), False
-    if roll < 0.75:
-        return f"{rng.choice(NAMES)} and {rng.choice(NAMES)}", False
-    pronoun = rng.choice(["i", "you", "he", "she", "we", "they"])
-    return pronoun, pronoun in ("he", "she")
-
-
-def pick_object(rng: random.Random, nouns: list[str], adjectives: list[str]) -> str:
-    """A noun phrase such as "an old umbrella" or "her red hat"."""
-    determiner = rng.choice(["the", "a", "my", "your", "his", "her", "our", "their", "this", "that", "the"])
-    adjective = rng.choice(adjectives) + " " if rng.random() < 0.4 else ""
-    noun = rng.choice(nouns)
-    if determiner == "a" and (adjective or noun)[0] in "aeiou":
-        determiner = "an"
-    return f"{determiner} {adjective}{noun}"
-
-
-def pick_transitive(rng: random.Random) -> tuple[tuple[str, str, str, str], str]:
-    """A verb and a fitting object phrase: people read letters and drink tea, they do not drink letters."""
-    kind = rng.choices(["thing", "food", "drink", "read", "open", "living"], weights=[8, 3, 1, 2, 1, 4])[0]
-    if kind == "thing":
-        return rng.choice(TAKES_THING), pick_object(rng, THINGS, THING_ADJECTIVES)
-    if kind == "food":
-        return rng.choice(TAKES_FOOD), pick_object(rng, FOODS, FOOD_ADJECTIVES)
-    if kind == "drink":
-        determiner = rng.choice(["the", "some", "my", "your", "hot", "cold"])
-        return rng.choice(TAKES_DRINK), f"{determiner} {rng.choice(DRINKS)}"
-    if kind == "read":
-        return rng.choice(TAKES_READABLE), pick_object(rng, READABLES, THING_ADJECTIVES)
-    if kind == "open":
-        return rng.choice(TAKES_OPENABLE), pick_object(rng, OPENABLES, THING_ADJECTIVES)
-    living = rng.choice(NAMES) if rng.random() < 0.3 else pick_object(rng, PEOPLE + ANIMALS, LIVING_ADJECTIVES)
-    return rng.choice(TAKES_LIVING), living
-
-
-def adjectives_for(noun: str) -> list[str]:
-    return THING_ADJECTIVES if noun in THINGS else FOOD_ADJECTIVES if noun in FOODS else LIVING_ADJECTIVES
-
-
-def maybe(rng: random.Random, options: list[str], probability: float) -> str:
-    """With ``probability``, a space and one of ``options``; else the empty string."""
-    return " " + rng.choice(options) if rng.random() < probability else ""
-
-
-def be_form(subject: str, singular: bool, past: bool = False) -> str:
-    if past:
-        return "was" if singular or subject == "i" else "were"
-    return "am" if subject == "i" else "is" if singular else "are"
-
-
-def contracted_be(subject: str, singular: bool) -> str:
-    """Pronouns contract ("i'm", "she's"); other subjects keep "is" and "are" ("the dog's" would read as a possessive)."""
-    forms = {"i": "i'm", "you": "you're", "he": "he's", "she": "she's", "we": "we're", "they": "they're"}
-    return forms.get(subject, f"{subject} {be_form(subject, singular)}")
-
-
-def template_past(rng):  # the dog found a red ball in the garden yesterday
-    subject, _ = pick_subject(rng)
-    verb, obj = pick_transitive(rng)
-    return f"{subject} {verb[2]} {obj}" + maybe(rng, PLACES, 0.5) + maybe(rng, TIMES, 0.4)
-
-
-def template_present(rng):  # she often reads a letter at home
-    subject, singular = pick_subject(rng)
-    verb, obj = pick_transitive(rng)
-    verb_form = verb[1] if singular else verb[0]
-    return subject + maybe(rng, FREQUENCIES, 0.4) + f" {verb_form} {obj}" + maybe(rng, PLACES, 0.5)
-
-
-def template_progressive(rng):  # we're cooking the eggs right now
-    subject, singular = pick_subject(rng)
-    verb, obj = pick_transitive(rng)
-    return f"{contracted_be(subject, singular)} {verb[3]} {obj}" + maybe(rng, PLACES + ["right now"], 0.6)
-
-
-def template_intransitive(rng):  # the old horse walked slowly near the river
-    if rng.random() < 0.5:
-        subject = "the " + rng.choice(LIVING_ADJECTIVES) + " " + rng.choice(PEOPLE + ANIMALS)
+def fetch_package(name: str, cache: Path) -> Path:
+    """Unpack Debian package ``name`` under ``cache/name`` (once) and return that folder."""
+    folder = cache / name
+    if (folder / ".done").exists():
+        return folder
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        sys.exit(f"error: cannot fetch Debian package {name}: this needs apt-get and dpkg-deb (Debian or Ubuntu)")
+    cache.mkdir(parents=True, exist_ok=True)
+    for attempt in range(2):
+        result = subprocess.run(["apt-get", "download", name], cwd=cache, capture_output=True, text=True)
+        if result.returncode == 0:
+            break
+        # A fresh machine has no package lists yet; as root, fetch them once and try again.
+        if attempt == 0 and os.geteuid() == 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
     else:
-        subject, _ = pick_subject(rng)
-    verb = rng.choice(INTRANSITIVE)
-    return f"{subject} {verb[2]}" + maybe(rng, ADVERBS, 0.5) + maybe(rng, PLACES, 0.6) + maybe(rng, TIMES, 0.3)
+        message = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"error: could not download Debian package {name} ({message}); run `apt-get update` and retry")
+    deb = sorted(cache.glob(f"{name}_*.deb"))[-1]
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], check=True)
+    deb.unlink()
+    (folder / ".done").write_text("")
+    return folder
 
 
-def template_modal(rng):  # you can't take my umbrella tomorrow
-    subject, _ = pick_subject(rng)
-    if rng.random() < 0.7:
-        verb, rest = pick_transitive(rng)
-        predicate = f"{verb[0]} {rest}"
-    else:
-        predicate = rng.choice(INTRANSITIVE)[0] + maybe(rng, ADVERBS, 0.5)
-    return f"{subject} {rng.choice(MODALS)} {predicate}" + maybe(rng, PLACES + TIMES, 0.5)
+def wordnet_texts(folder: Path):
+    """WordNet glosses: each definition (split at ";") and each quoted usage example, in file order."""
+    for part in ("noun", "verb", "adj", "adv"):
+        with open(folder / "usr/share/wordnet" / f"data.{part}", encoding="latin-1") as handle:
+            for line in handle:
+                if line.startswith("  ") or "|" not in line:
+                    continue  # the licence header
+                gloss = line.split("|", 1)[1]
+                yield from re.findall(r'"([^"]+)"', gloss)
+                yield from gloss.split('"', 1)[0].split(";")
 
 
-def template_negative(rng):  # ben doesn't eat the cold pie
-    subject, singular = pick_subject(rng)
-    verb, obj = pick_transitive(rng)
-    auxiliary = rng.choice(["doesn't" if singular else "don't", "didn't"])
-    return f"{subject} {auxiliary} {verb[0]} {obj}" + maybe(rng, PLACES + TIMES, 0.4)
+def dictd_text(path: Path) -> str:
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
+        return handle.read()
 
 
-def template_giving(rng):  # rose gave her brother a small gift
-    subject, _ = pick_subject(rng)
-    verb = rng.choice(GIVING)
-    receiver = rng.choice(NAMES + ["me", "us", "them", "him", "her", "the teacher", "my friend", "her brother"])
-    gift = pick_object(rng, THINGS + FOODS, THING_ADJECTIVES)
-    return f"{subject} {verb[2]} {receiver} {gift}" + maybe(rng, TIMES, 0.3)
+def devil_texts(folder: Path):
+    """The Devil's Dictionary's prose, one sentence at a time; verse (indented lines) and headwords left out."""
+    text = dictd_text(folder / "usr/share/dictd/devil.dict.dz")
+    text = text[text.find("\nA, n."):] if "\nA, n." in text else text  # skip the database header
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = [line for line in paragraph.splitlines() if not line.startswith("  ")]
+        prose = re.sub(r"^[A-Z][A-Z' -]*,\s*(?:[a-z]+\.\s*)+", "", " ".join(lines).strip())  # "HEART, n."
+        yield from SENTENCE_END.split(re.sub(r"\s+", " ", prose))
 
 
-def template_count(rng):  # there are twenty three small ducks on the farm
-    noun = rng.choice(THINGS + FOODS + ANIMALS + PEOPLE)
-    adjective = maybe(rng, adjectives_for(noun), 0.3)
-    amount = number_words(pick_number(rng))
-    choice = rng.random()
-    if choice < 0.4:
-        return f"there are {amount}{adjective} {plural(noun)}" + maybe(rng, PLACES, 0.8)
-    if choice < 0.7:
-        subject, singular = pick_subject(rng)
-        have = rng.choice(["has" if singular else "have", "had", "needs" if singular else "need", "bought", "found"])
-        return f"{subject} {have} {amount}{adjective} {plural(noun)}"
-    if choice < 0.85:
-        return f"{rng.choice(NAMES)} is {number_words(rng.randint(2, 90))} years old"
-    return f"the {rng.choice(['bus', 'train', 'class', 'party', 'game', 'shop'])} " \
-           f"{rng.choice(['starts', 'leaves', 'opens', 'closes'])} at {number_words(rng.randint(1, 12))} o'clock"
+def gcide_texts(folder: Path):
+    """GCIDE definitions and notes without pronunciations, etymologies, sources or attributions."""
+    text = dictd_text(folder / "usr/share/dictd/gcide.dict.dz")
+    for paragraph in re.split(r"\n\s*\n", text):
+        prose = " ".join(line.strip() for line in paragraph.splitlines())
+        prose = re.sub(r"\\[^\\]*\\|\[[^\]]*\]|--\s?[A-Z][\w. ]*\.|\([^)]*\)|^\S+\s*,?\s*(?:[a-z]+\.\s*)*", " ", prose)
+        yield from SENTENCE_END.split(re.sub(r"\s+", " ", prose.replace("{", "").replace("}", "")))
 
 
-def template_description(rng):  # anna's cat is very lazy / the cake was too sweet
-    if rng.random() < 0.5:
-        noun = rng.choice(THINGS + ANIMALS)
-        owner = rng.choice(NAMES + ["the teacher", "my brother", "your friend", "the farmer"])
-        subject = f"{owner}'s {noun}"
-    else:
-        noun = rng.choice(THINGS + FOODS + ANIMALS)
-        subject = f"the {noun}"
-    verb = rng.choice(["is", "was", "looks", "seems"])
-    return f"{subject} {verb}" + maybe(rng, ["very", "too", "really"], 0.4) + f" {rng.choice(adjectives_for(noun))}"
+def unique_normalised(texts, min_words: int = MIN_WORDS, max_words: int = MAX_WORDS) -> list[str]:
+    """The normalised sentences of ``texts``, each once, in first-seen order."""
+    return list(dict.fromkeys(s for s in (normalise(t, min_words, max_words) for t in texts) if s))
 
 
-def template_state(rng):  # i'm very tired today / it's windy this morning
-    if rng.random() < 0.4:
-        head = rng.choice(["it's", "it was", "it is", "it will be", "it isn't"])
-        return f"{head} {rng.choice(WEATHER)}" + maybe(rng, TIMES + PLACES, 0.8)
-    subject, singular = pick_subject(rng)
-    if rng.random() < 0.5:
-        head = contracted_be(subject, singular)
-    else:
-        head = f"{subject} {be_form(subject, singular, past=True)}"
-    adjective = rng.choice(STATE_ADJECTIVES)
-    return head + maybe(rng, ["very", "so", "not", "really"], 0.4) + f" {adjective}" + maybe(rng, TIMES, 0.5)
+def make_splits(sources: dict[str, list[str]], num_train: int, num_valid: int, num_test: int, num_test_other: int,
+                seed: int) -> dict[str, list[str]]:
+    """Sentences of each split, no sentence in two splits (nor in the LM text but its train part).
 
-
-def template_question(rng):  # where did you put my keys / can you help the old farmer
-    choice = rng.randrange(8)
-    if choice == 0:
-        return f"where is {pick_object(rng, THINGS, THING_ADJECTIVES)}"
-    if choice == 1:
-        who = rng.choice(["you", "we", "they", "he", "she"] + NAMES)
-        thing = rng.choice(THINGS)
-        owner = rng.choice(["the", "my", "your", "our"])
-        return f"where did {who} put {owner} {rng.choice([thing, plural(thing)])}"
-    if choice == 2:
-        verb, obj = pick_transitive(rng)
-        auxiliary = rng.choice(["can", "could", "will", "did", "should"])
-        who = rng.choice(["you", "we", "they", "i"] + NAMES)
-        return f"{auxiliary} {who} {verb[0]} {obj}" + maybe(rng, PLACES + TIMES, 0.4)
-    if choice == 3:
-        who = rng.choice(NAMES + ["your friend", "the teacher", "the doctor", "my sister"])
-        if rng.random() < 0.5:
-            return f"what is {who} {rng.choice(TAKES_THING)[3]}" + maybe(rng, PLACES, 0.5)
-        return f"why is {who} {rng.choice(INTRANSITIVE)[3]}" + maybe(rng, PLACES, 0.5)
-    if choice == 4:
-        verb, obj = pick_transitive(rng)
-        return f"who {verb[2]} {obj}" + maybe(rng, PLACES + TIMES, 0.5)
-    if choice == 5:
-        things = plural(rng.choice(THINGS + ANIMALS + FOODS))
-        ending = rng.choice(["are there", "do you have", "did you see", "did they buy"])
-        return f"how many {things} {ending}" + maybe(rng, PLACES, 0.5)
-    if choice == 6:
-        noun = rng.choice(FOODS + THINGS)
-        return f"why is the {noun} so {rng.choice(adjectives_for(noun))}"
-    verb = rng.choice(["like", "want", "see", "need", "hear"])
-    things = plural(rng.choice(ANIMALS + FOODS + THINGS))
-    return f"{rng.choice(['do', 'did'])} you {verb} {rng.choice(['the', 'my', 'their'])} {things}"
-
-
-TEMPLATES = [(template_past, 5), (template_present, 4), (template_progressive, 3), (template_intransitive, 4),
-             (template_modal, 3), (template_negative, 2), (template_giving, 2), (template_count, 3),
-             (template_description, 3), (template_state, 3), (template_question, 4)]
-
-
-def make_sentence(rng: random.Random) -> str:
-    """One sentence of 3 to 10 lowercase words (letters, spaces and apostrophes)."""
-    functions, weights = zip(*TEMPLATES)
-    while True:
-        words = rng.choices(functions, weights=weights)[0](rng).split()
-        if 3 <= len(words) <= 10:
-            return " ".join(words)
-
-
-def make_splits(num_train: int, num_valid: int, num_test: int, seed: int) -> dict[str, list[str]]:
-    """Unique sentences for train, valid and test, no sentence in two splits.
-
-    The valid and test sentences are drawn again (up to 1,000 times each) until all their words occur in
-    train, so held-out sentences are new arrangements of known words.
+    ``sources`` holds the normalised sentences of "wordnet" (train, valid, test are drawn from its
+    shuffled sentences), "devil" (test_other, and the demo's new sentence after it) and "gcide" (LM
+    text only). Returns the splits and "lm": every WordNet sentence not held out, then GCIDE's.
     """
     rng = random.Random(seed)
-    taken: set[str] = set()
-    train: list[str] = []
-    for _ in range(100 * num_train + 1000):
-        if len(train) == num_train:
-            break
-        sentence = make_sentence(rng)
-        if sentence not in taken:
-            taken.add(sentence)
-            train.append(sentence)
-    else:
-        raise RuntimeError(f"the grammar gave only {len(train)} unique sentences of the {num_train} asked for")
-    train_words = {word for sentence in train for word in sentence.split()}
-    splits = {"train": train}
-    for split, count in (("valid", num_valid), ("test", num_test)):
-        sentences = []
-        for _ in range(count):
-            candidate = None
-            for _ in range(1000):
-                sentence = make_sentence(rng)
-                if sentence in taken:
-                    continue
-                candidate = sentence
-                if set(sentence.split()) <= train_words:
-                    break
-            if candidate is None:
-                raise RuntimeError(f"the grammar ran out of unique sentences for {split}")
-            taken.add(candidate)
-            sentences.append(candidate)
-        splits[split] = sentences
+    wordnet = sorted(sources["wordnet"])
+    rng.shuffle(wordnet)
+    devil = sorted(sources["devil"])
+    rng.shuffle(devil)
+    held = num_valid + num_test
+    if len(wordnet) < held + num_train or len(devil) < num_test_other + 1:
+        raise RuntimeError(f"the sources hold only {len(wordnet)} WordNet and {len(devil)} Devil's Dictionary "
+                           "sentences, fewer than asked for")
+    splits = {"train": wordnet[held:held + num_train], "valid": wordnet[:num_valid],
+              "test": wordnet[num_valid:held], "test_other": devil[:num_test_other]}
+    held_out = set(wordnet[:held]) | set(devil)
+    splits["lm"] = wordnet[held:] + [s for s in sources["gcide"] if s not in held_out]
     return splits
+
+
+def read_sources(cache: Path) -> dict[str, list[str]]:
+    """Fetch the three packages into ``cache`` and return each source's normalised, unique sentences."""
+    folders = {name: fetch_package(name, cache) for name in TEXT_PACKAGES}
+    return {"wordnet": unique_normalised(wordnet_texts(folders["wordnet-base"])),
+            "devil": unique_normalised(devil_texts(folders["dict-devil"])),
+            "gcide": unique_normalised(gcide_texts(folders["dict-gcide"]), LM_MIN_WORDS, LM_MAX_WORDS)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -455,14 +264,32 @@ def apply_gain(samples: np.ndarray, gain_db: float) -> np.ndarray:
     return (samples * (0.95 * 10 ** (gain_db / 20) / peak)).astype(np.float32)
 
 
+# Never used in train, so that held-out splits have voices training never heard: one accent and five
+# variants. About half of each held-out split uses one of them (an unheard accent, variant or both).
+UNHEARD_VOICES = ["en-us-nyc"]
+UNHEARD_VARIANTS = ["m5", "f4", "klatt3", "grandma", "travis"]
+
+
+def pick_voice(rng: random.Random, unheard: bool) -> str:
+    """A voice[+variant]: from the train set, or (``unheard``) with an unheard accent, variant or both."""
+    heard_voices = [voice for voice in BASE_VOICES if voice not in UNHEARD_VOICES]
+    heard_variants = [variant for variant in VARIANTS if variant not in UNHEARD_VARIANTS]
+    if not unheard:
+        voice, variant = rng.choice(heard_voices), rng.choice(heard_variants)
+    else:
+        kind = rng.randrange(3)  # 0: unheard accent, 1: unheard variant, 2: both
+        voice = rng.choice(UNHEARD_VOICES if kind != 1 else heard_voices)
+        variant = rng.choice(UNHEARD_VARIANTS if kind != 0 else heard_variants)
+    return voice + (f"+{variant}" if variant else "")
+
+
 def utterance_plans(splits: dict[str, list[str]], seed: int, noise_fraction: float) -> list[dict]:
     """How each utterance is spoken: voice, speed, pitch, noise and gain, drawn once from ``seed``."""
     rng = random.Random(seed + 1)
     plans = []
     for split, sentences in splits.items():
         for index, text in enumerate(sentences):
-            variant = rng.choice(VARIANTS)
-            voice = rng.choice(BASE_VOICES) + (f"+{variant}" if variant else "")
+            voice = pick_voice(rng, unheard=split != "train" and rng.random() < 0.5)
             noisy = rng.random() < noise_fraction
             plans.append({
                 "id": f"{split}_{index:05d}", "split": split, "text": text, "voice": voice,
@@ -495,9 +322,19 @@ def _worker_start():
 # ---------------------------------------------------------------------------------------------------------
 # Command line.
 
+SPLITS = ("train", "valid", "test", "test_other")
+
+
+def corpus_splits(out: Path, settings: dict) -> dict[str, list[str]]:
+    """The sentences of every split and of the LM text, from the sources fetched under ``out/sources``."""
+    return make_splits(read_sources(out / "sources"), settings["num_train"], settings["num_valid"],
+                       settings["num_test"], settings["num_test_other"], settings["seed"])
+
+
 def build_corpus(out: Path, settings: dict, jobs: int) -> dict[str, list[dict]]:
-    """Write the wavs, manifests, text.txt and settings.json; returns the manifest rows of each split."""
-    splits = make_splits(settings["num_train"], settings["num_valid"], settings["num_test"], settings["seed"])
+    """Write the wavs, manifests, text.txt, lm.jsonl and settings.json; returns the manifest rows of each split."""
+    splits = corpus_splits(out, settings)
+    lm_text = splits.pop("lm")
     plans = utterance_plans(splits, settings["seed"], settings["noise_fraction"])
     (out / "settings.json").unlink(missing_ok=True)  # an interrupted rebuild must not look finished
     wav_folder = out / "wav"
@@ -531,6 +368,8 @@ def build_corpus(out: Path, settings: dict, jobs: int) -> dict[str, list[dict]]:
         with open(out / f"{split}.jsonl", "w") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in split_rows)
     (out / "text.txt").write_text("".join(sentence + "\n" for sentence in splits["train"]))
+    with open(out / "lm.jsonl", "w") as handle:  # the language model's text: a manifest without audio
+        handle.writelines(json.dumps({"text": sentence}) + "\n" for sentence in lm_text)
     (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     return rows
 
@@ -540,7 +379,7 @@ def is_done(out: Path, settings: dict) -> bool:
         saved = json.loads((out / "settings.json").read_text())
     except (OSError, ValueError):
         return False
-    manifests = [out / f"{split}.jsonl" for split in ("train", "valid", "test")]
+    manifests = [out / f"{split}.jsonl" for split in SPLITS + ("lm",)]
     return saved == settings and all(path.exists() for path in manifests)
 
 
@@ -553,10 +392,11 @@ def summarize(rows: dict[str, list[dict]], seconds: float) -> None:
     low, median, high = np.percentile(all_durations, [5, 50, 95])
     print(f"durations: min {all_durations.min():.2f} s, 5% {low:.2f}, median {median:.2f}, "
           f"95% {high:.2f}, max {all_durations.max():.2f}")
-    test_words = [word for row in rows["test"] for word in row["text"].split()]
-    if test_words:
-        seen = sum(word in train_words for word in test_words) / len(test_words)
-        print(f"vocabulary: {len(train_words)} train words; {100 * seen:.1f}% of test words occur in train")
+    for split in ("test", "test_other"):
+        test_words = [word for row in rows.get(split, []) for word in row["text"].split()]
+        if test_words:
+            seen = sum(word in train_words for word in test_words) / len(test_words)
+            print(f"vocabulary: {len(train_words)} train words; {100 * seen:.1f}% of {split} words occur in train")
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -564,9 +404,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="A rerun with the same settings finds the corpus done and exits at once.")
     parser.add_argument("--out", type=Path, default=Path("data/synth_speech"), help="output folder (default: %(default)s)")
-    parser.add_argument("--num-train", type=int, default=3000, help="train utterances (default: %(default)s)")
+    parser.add_argument("--num-train", type=int, default=8000, help="train utterances (default: %(default)s)")
     parser.add_argument("--num-valid", type=int, default=200, help="valid utterances (default: %(default)s)")
-    parser.add_argument("--num-test", type=int, default=200, help="test utterances (default: %(default)s)")
+    parser.add_argument("--num-test", type=int, default=300, help="WordNet test utterances (default: %(default)s)")
+    parser.add_argument("--num-test-other", type=int, default=300,
+                        help="Devil's Dictionary test utterances, the other-source test (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for sentences, voices and noise (default: %(default)s)")
     parser.add_argument("--noise-fraction", type=float, default=0.5,
                         help="share of utterances given white or pink noise at 15-40 dB SNR (default: %(default)s)")
@@ -577,11 +419,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--speed", type=int, default=175, help="with --say: words a minute (default: %(default)s)")
     parser.add_argument("--pitch", type=int, default=50, help="with --say: pitch 0-99 (default: %(default)s)")
     parser.add_argument("--new-sentence", action="store_true",
-                        help="print a grammar sentence that is in no split of the corpus these settings make, and exit")
+                        help="print a Devil's Dictionary sentence in no split of the corpus under --out, and exit")
     arguments = parser.parse_args(argv)
     if arguments.say is not None and arguments.wav is None:
         parser.error("--say needs --wav FILE")
-    for name in ("num_train", "num_valid", "num_test"):
+    for name in ("num_train", "num_valid", "num_test", "num_test_other"):
         if getattr(arguments, name) < (1 if name == "num_train" else 0):
             parser.error(f"--{name.replace('_', '-')} must be at least {1 if name == 'num_train' else 0}")
     if not 0 <= arguments.noise_fraction <= 1:
@@ -589,16 +431,22 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return arguments
 
 
-def new_sentence(settings: argparse.Namespace) -> str:
-    """A sentence of the corpus grammar that the corpus made with these settings does not hold."""
-    splits = make_splits(settings.num_train, settings.num_valid, settings.num_test, settings.seed)
-    taken = {sentence for sentences in splits.values() for sentence in sentences}
-    train_words = {word for sentence in splits["train"] for word in sentence.split()}
-    rng = random.Random(f"new-{settings.seed}")
-    while True:
-        sentence = make_sentence(rng)
-        if sentence not in taken and len(sentence.split()) >= 5 and set(sentence.split()) <= train_words:
-            return sentence
+def new_sentence(arguments: argparse.Namespace) -> str:
+    """A sentence from outside the corpus: the first other-source sentence that no split holds."""
+    settings = corpus_settings(arguments)
+    sources = read_sources(arguments.out / "sources")
+    splits = make_splits(sources, settings["num_train"], settings["num_valid"], settings["num_test"],
+                         settings["num_test_other"], settings["seed"])
+    taken = {sentence for split in SPLITS for sentence in splits[split]}
+    rng = random.Random(f"new-{settings['seed']}")
+    candidates = [s for s in sources["devil"] if s not in taken and 6 <= len(s.split()) <= 12]
+    return rng.choice(candidates)
+
+
+def corpus_settings(arguments: argparse.Namespace) -> dict:
+    return {"version": CORPUS_VERSION, "num_train": arguments.num_train, "num_valid": arguments.num_valid,
+            "num_test": arguments.num_test, "num_test_other": arguments.num_test_other, "seed": arguments.seed,
+            "noise_fraction": arguments.noise_fraction, "packages": list(TEXT_PACKAGES)}
 
 
 def main(argv=None) -> None:
@@ -616,8 +464,7 @@ def main(argv=None) -> None:
         soundfile.write(arguments.wav, samples, SAMPLE_RATE, subtype="PCM_16")
         print(f"wrote {arguments.wav} ({len(samples) / SAMPLE_RATE:.2f} s)")
         return
-    settings = {"version": CORPUS_VERSION, "num_train": arguments.num_train, "num_valid": arguments.num_valid,
-                "num_test": arguments.num_test, "seed": arguments.seed, "noise_fraction": arguments.noise_fraction}
+    settings = corpus_settings(arguments)
     out = arguments.out
     if is_done(out, settings):
         print(f"{out} already holds this corpus (settings.json matches); nothing to do")
