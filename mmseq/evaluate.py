@@ -25,12 +25,12 @@ class Decoded:
 @torch.no_grad()
 def decode_examples(model, table, examples: list[dict], budget: float, max_examples: int | None,
                     num_workers: int = 0, decode: bool = True, losses: bool = False, dtype=None,
-                    desc: str = "decoding", progress: bool = True, warn=None, **options) -> Decoded:
+                    desc: str = "decoding", progress: bool = True, warn=None, on_rows=None, **options) -> Decoded:
     """Decode (and, with ``losses``, score the teacher-forced loss of) ``examples`` of the route
     table ``table``, in length-bucketed batches of at most ``budget`` length units and
     ``max_examples`` examples. ``options`` go to ``model.decode_texts`` (``beam_size``, ``prompt``,
     ``lm``, ...). An unreadable example is left out, reported through ``warn`` and listed in
-    ``skipped``."""
+    ``skipped``. ``on_rows(rows)`` sees each batch's rows as they are decoded."""
     lengths = [table.length(e) for e in examples]
     sampler = BucketBatchSampler(lengths, budget, max_examples, shuffle=False,
                                  groups=[table.group(e) for e in examples])
@@ -54,8 +54,11 @@ def decode_examples(model, table, examples: list[dict], budget: float, max_examp
                                  result["tokens"].double()])
         if decode:
             texts = model.decode_texts(batch, **options)
-            out.rows += [{"id": i, "hypothesis": h, "references": r}
-                         for i, h, r in zip(batch["ids"], texts, batch["references"])]
+            rows = [{"id": i, "hypothesis": h, "references": r}
+                    for i, h, r in zip(batch["ids"], texts, batch["references"])]
+            out.rows += rows
+            if on_rows is not None:
+                on_rows(rows)
     out.sums = sums.tolist()
     return out
 
@@ -78,16 +81,24 @@ def evaluate(model, manifest, out_dir, batch_size: int = 16, num_workers: int = 
     check_output_folder(out_dir, "output folder")  # before decoding: a bad --out must not lose the work
     table = model.task if task is None else TaskTable({task: model.route(task).task})
     examples, errors = table.read(manifest, training=False, skip_errors=True)
-    decoded = decode_examples(model, table, examples, float("inf"), batch_size, num_workers, **options)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hypotheses = out_dir / "hypotheses.jsonl"
+    with open(hypotheses.with_suffix(".partial.jsonl"), "w") as partial:  # as they come: a killed run keeps them
+        def write(rows):
+            partial.write("".join(json.dumps(row) + "\n" for row in rows))
+            partial.flush()
+
+        decoded = decode_examples(model, table, examples, float("inf"), batch_size, num_workers, on_rows=write,
+                                  **options)
     skipped = [str(e) for e in errors] + decoded.skipped
     for error in skipped:
         print(f"mmseq: skipped: {error}", file=sys.stderr)
     metrics = score_rows(table, decoded.rows)
     metrics.update(examples=len(decoded.rows), skipped=len(skipped))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    with open(out_dir / "hypotheses.jsonl", "w") as file:
+    with open(hypotheses.with_suffix(".partial.jsonl"), "w") as file:  # the same rows, sorted by id
         for row in sorted(decoded.rows, key=lambda r: r["id"]):
             file.write(json.dumps(row) + "\n")
+    hypotheses.with_suffix(".partial.jsonl").replace(hypotheses)
     return metrics
