@@ -64,3 +64,39 @@ def image_batch(model, manifest: Path, training: bool = False) -> dict:
     assert not errors
     dataset = ExampleDataset(model.task, examples, training=training)
     return model.task.collate([dataset[i] for i in range(len(dataset))])
+
+
+def cider_before_and_after_scst(model, corpus: Path, out: Path) -> tuple[float, float]:
+    """The fixed small SCST problem: a captioner trained by cross-entropy without seeing the images
+    (one caption for every image), then 30 SCST steps rewarded by CIDEr-D; greedy CIDEr before and
+    after. ``model``'s route for the corpus is its caption route (any other routes are left alone)."""
+    from pycocoevalcap.cider.cider import Cider
+
+    from mmseq.scst import SCSTConfig, SelfCriticalObjective
+
+    def cider(batch):
+        model.eval()
+        hypotheses = model.decode_texts(batch, beam_size=1)
+        references = {i: list(captions) for i, captions in enumerate(batch["references"])}
+        return Cider().compute_score(references, {i: [text] for i, text in enumerate(hypotheses)})[0]
+
+    batch, training_batch = image_batch(model, corpus), image_batch(model, corpus, training=True)
+    blind = dict(training_batch, inputs=torch.zeros_like(training_batch["inputs"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(40):
+        optimizer.zero_grad()
+        model(blind)["loss"].backward()
+        optimizer.step()
+    before = cider(batch)
+    examples, _ = model.task.read(corpus, training=False)
+    objective = SelfCriticalObjective(model, SCSTConfig(enabled=True, init_from="unused", count=8), examples, out)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(30):
+        model.train()
+        result = objective(batch)
+        optimizer.zero_grad()
+        (result["loss_sum"] / result["examples"]).backward()
+        optimizer.step()
+    return before, cider(batch)

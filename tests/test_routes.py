@@ -148,11 +148,7 @@ def test_val_metric_of_a_task_keeps_the_best_by_its_own_direction(tmp_path):
 def test_scst_trains_the_caption_route_of_a_multitask_model(tmp_path):
     """The fixed small problem of tests/test_scst.py, on the caption route of a model that also
     has a text route: SCST raises CIDEr."""
-    from pycocoevalcap.cider.cider import Cider
-
-    from caption_helpers import TINY_IMAGE_ENCODER, word_tokenizer, write_caption_corpus
-    from mmseq.scst import SCSTConfig, SelfCriticalObjective
-    from mmseq.tasks import ExampleDataset
+    from caption_helpers import TINY_IMAGE_ENCODER, cider_before_and_after_scst, word_tokenizer, write_caption_corpus
 
     corpus = write_caption_corpus(tmp_path)
     tokenizer = word_tokenizer(tmp_path)
@@ -163,36 +159,5 @@ def test_scst_trains_the_caption_route_of_a_multitask_model(tmp_path):
                          label_smoothing=0.0, tasks={"caption": {"encoder": dict(TINY_IMAGE_ENCODER)},
                                                      "text": {"encoder": text_encoder}})
     model = Seq2Seq(config, tokenizer, decoding={"max_length": 8})
-
-    def batch_of(training):
-        examples, _ = model.task.read(corpus, training=training)
-        dataset = ExampleDataset(model.task, examples, training=training)
-        return model.task.collate([dataset[i] for i in range(len(dataset))]), examples
-
-    def cider(batch):
-        model.eval()
-        hypotheses = model.decode_texts(batch, beam_size=1)
-        references = {i: list(captions) for i, captions in enumerate(batch["references"])}
-        return Cider().compute_score(references, {i: [text] for i, text in enumerate(hypotheses)})[0]
-
-    batch, examples = batch_of(False)
-    assert batch["task"] == "caption"
-    training, _ = batch_of(True)
-    blind = dict(training, inputs=torch.zeros_like(training["inputs"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(40):  # cross-entropy without seeing the images: one caption for every image
-        optimizer.zero_grad()
-        model(blind)["loss"].backward()
-        optimizer.step()
-    before = cider(batch)
-    objective = SelfCriticalObjective(model, SCSTConfig(enabled=True, init_from="unused", count=8), examples, tmp_path)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for _ in range(30):
-        model.train()
-        out = objective(batch)
-        optimizer.zero_grad()
-        (out["loss_sum"] / out["examples"]).backward()
-        optimizer.step()
-    assert cider(batch) > before + 0.5
+    before, after = cider_before_and_after_scst(model, corpus, tmp_path)
+    assert after > before + 0.5, (before, after)

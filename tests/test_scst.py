@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from caption_helpers import image_batch, make_caption_model, word_tokenizer, write_caption_corpus
+from caption_helpers import (cider_before_and_after_scst, image_batch, make_caption_model, word_tokenizer,
+                             write_caption_corpus)
 from pycocoevalcap.cider.cider import Cider
 
 from mmseq.cider import CiderD
@@ -125,29 +126,7 @@ def greedy_cider(model, batch) -> float:
 def test_scst_raises_cider_on_a_small_fixed_problem(tmp_path, corpus, tokenizer):
     """A captioner trained by cross-entropy without seeing the images says the same thing of every
     image; SCST, rewarded by CIDEr-D, teaches it to name each image's colour."""
-    model = make_caption_model(tokenizer, seed=0)
-    batch = image_batch(model, corpus)
-    training_batch = image_batch(model, corpus, training=True)
-    blind = dict(training_batch, inputs=torch.zeros_like(training_batch["inputs"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(40):
-        optimizer.zero_grad()
-        model(blind)["loss"].backward()
-        optimizer.step()
-    before = greedy_cider(model, batch)
-
-    examples, _ = model.task.read(corpus, training=False)
-    objective = SelfCriticalObjective(model, SCSTConfig(enabled=True, init_from="unused", count=8), examples, tmp_path)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for _ in range(30):
-        model.train()
-        out = objective(batch)
-        optimizer.zero_grad()
-        (out["loss_sum"] / out["examples"]).backward()
-        optimizer.step()
-    after = greedy_cider(model, batch)
+    before, after = cider_before_and_after_scst(make_caption_model(tokenizer, seed=0), corpus, tmp_path)
     assert after > before + 0.5, (before, after)
 
 
