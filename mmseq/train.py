@@ -341,6 +341,13 @@ class Trainer:
         config = self.config.trainer
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if self.state["batch_in_epoch"] >= self.batches_per_epoch:
+                # Stopped by a signal just after an epoch's last step: close that epoch (validation,
+                # the epoch count, its checkpoint) as a run never stopped would have.
+                metric = self.validate()
+                self.state["epoch"] += 1
+                self.state["batch_in_epoch"] = 0
+                self._save_or_fail(metric, "the checkpoint of the epoch's end")
             while self.state["epoch"] < config.max_epochs and self.state["step"] < self.total_steps:
                 if self.train_epoch():  # stopped by a signal
                     self._save_or_fail(None, "the checkpoint on stopping")

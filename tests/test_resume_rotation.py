@@ -30,8 +30,8 @@ def assert_same(expected, got):
     assert [name for name in expected if not torch.equal(expected[name], got[name])] == []
 
 
-def straight_run(tmp_path, manifest):
-    config = write_train_config(tmp_path / "straight", manifest, max_epochs=4)
+def straight_run(tmp_path, manifest, epochs=4):
+    config = write_train_config(tmp_path / "straight", manifest, max_epochs=epochs)
     train(load_config(config, SETTINGS))
     return final_weights(tmp_path / "straight" / "out")
 
@@ -77,3 +77,37 @@ def test_killed_at_random_moments_and_rerun_ends_as_a_run_never_stopped(tmp_path
     assert "could not write" not in done.stderr
     assert json.loads((out / "last" / "trainer_state.json").read_text())["epoch"] == 4
     assert_same(straight_run(tmp_path, manifest), final_weights(out))
+
+
+def test_a_signal_at_an_epochs_last_step_still_closes_that_epoch_on_resume(tmp_path):
+    """Stopped (SIGINT) right after the last step of the last epoch, before its validation: the
+    rerun validates, counts the epoch and writes its checkpoint, as the run never stopped did."""
+    import signal as signals
+
+    from mmseq.train import Trainer
+
+    manifest = write_speech_corpus(tmp_path / "corpus", count=8)
+    config = load_config(write_train_config(tmp_path / "run", manifest, max_epochs=2), SETTINGS)
+    trainer = Trainer(config)
+    real = Trainer.forward_backward
+
+    def signal_in_the_last_step(self, *args):
+        if self.state["step"] == self.total_steps - 1:
+            self._handle_signal(signals.SIGINT, None)  # as if Ctrl-C came during the last step
+        return real(self, *args)
+
+    Trainer.forward_backward = signal_in_the_last_step
+    try:
+        try:
+            trainer.train()
+        except SystemExit as stop:
+            assert stop.code == 128 + signals.SIGINT
+    finally:
+        Trainer.forward_backward = real
+    out = tmp_path / "run" / "out"
+    stopped = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert stopped["epoch"] == 1 and stopped["batch_in_epoch"] > 0  # the epoch's end not yet counted
+    train(config)
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert state["epoch"] == 2 and state["batch_in_epoch"] == 0 and state["best"]
+    assert_same(straight_run(tmp_path, manifest, epochs=2), final_weights(out))
