@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import shutil
-import stat
 import uuid
 from pathlib import Path
 
@@ -81,6 +80,7 @@ def read_config(folder: str | os.PathLike) -> dict:
     """A checkpoint folder's ``config.json`` as a dict; :class:`CheckpointError` when the folder is
     no checkpoint (no config, no safetensors weights) or the config is not a JSON object."""
     from .checks import check_checkpoint_files
+    from .data.files import read_regular_file
 
     folder = Path(folder)
     check_checkpoint_files(folder)  # a FIFO or device among its files is named, not waited on
@@ -92,24 +92,12 @@ def read_config(folder: str | os.PathLike) -> dict:
         hint = f"; it holds {', '.join(pickles)}, which mmseq never unpickles" if pickles else ""
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}{hint}")
     try:
-        config = json.loads(_read_regular(path, MAX_CONFIG_BYTES))
+        config = json.loads(read_regular_file(path, MAX_CONFIG_BYTES, "checkpoint config", CheckpointError))
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"{path}: corrupt config ({error})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: corrupt config (a JSON {type(config).__name__}, not an object)")
     return config
-
-
-def _read_regular(path: Path, limit: int) -> bytes:
-    """A regular file's bytes (a FIFO or device would block or never end), at most ``limit``."""
-    try:
-        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-                raise CheckpointError(f"{path}: not a regular file of at most {limit} bytes")
-            return file.read(limit + 1)
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -249,9 +249,6 @@ def check_resume_model(wanted: dict, saved: dict, folder) -> None:
                                   f"{old[key]!r}; restore the setting, or choose another output_dir to start afresh")
 
 
-MAX_CONFIG_JSON_BYTES = 10_000_000
-
-
 def check_checkpoint_files(folder) -> None:
     """:class:`CheckpointError` naming the first of a checkpoint's files that exists but is not a
     regular file (a FIFO, a device, a folder): reading it would block or never end."""
@@ -264,32 +261,6 @@ def check_checkpoint_files(folder) -> None:
     for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer.json", "trainer_weights.safetensors"):
         if os.path.lexists(Path(folder) / name):
             check_regular(Path(folder) / name, "checkpoint file", CheckpointError)
-
-
-def read_checkpoint_config(folder) -> dict:
-    """A checkpoint's ``config.json`` as a dict, its settings in range (model sizes, ``decoding``),
-    every file the folder's loading reads a regular one (a FIFO as ``tokenizer.model`` hung the
-    loader). Raises :class:`CheckpointError` for unreadable files, :class:`ConfigError` (naming
-    ``config.json`` and the key) for settings out of range."""
-    import json
-    import os
-    from pathlib import Path
-
-    from .data.files import check_regular, read_regular_file
-    from .errors import CheckpointError
-
-    folder = Path(folder)
-    check_checkpoint_files(folder)
-    source = folder / "config.json"
-    data = read_regular_file(source, MAX_CONFIG_JSON_BYTES, "checkpoint config", CheckpointError)
-    try:
-        config = json.loads(data)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"{source}: corrupt config ({' '.join(str(error).split())[:200]})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{source}: corrupt config (a JSON {type(config).__name__}, not an object)")
-    check_checkpoint_config(config, source)
-    return config
 
 
 def check_checkpoint_config(config: dict, source) -> None:

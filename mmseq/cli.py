@@ -65,22 +65,17 @@ def command_train(args) -> int:
             return 128 + int(stop.sigval)
         return 0
     from .config import load_config
-    from .data.files import check_output_folder
     from .train import train
-    config = load_config(args.config, args.overrides)
-    check_output_folder(config.output_dir, "output_dir")
-    best = train(config)
+    best = train(load_config(args.config, args.overrides))  # output_dir is checked before any work
     if best is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
     return 0
 
 
 def command_eval(args) -> int:
-    from .data.files import check_output_folder
     from .evaluate import evaluate
     out = args.out or Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
-    check_output_folder(out, "--out folder")  # before decoding, not after
-    model = _load(args)
+    model = _load(args)  # (evaluate checks the --out folder before decoding)
     metrics = evaluate(model, args.manifest, out, batch_size=args.batch_size, prompt=args.prompt, task=args.task,
                        **_options(args))
     width = max(map(len, metrics))

@@ -136,11 +136,11 @@ def decode_long(model, waveforms: list[torch.Tensor], options: LongformOptions |
     ``decode(pieces, prompts) -> texts`` may replace the model's batched decoding (tests use a fake
     one); by default it is :func:`mmseq.inference.decode_batched` with ``decoding`` options.
     """
-    options = options or LongformOptions()
-    plans = [split_audio(w, model.route(task, "asr").encoder.sample_rate, options, model, task) for w in waveforms]
+    options, route = options or LongformOptions(), model.route(task, "asr")
+    plans = [split_audio(w, route.encoder.sample_rate, options, model, route.name) for w in waveforms]
     if decode is None:
         def decode(pieces, prompts):
-            return decode_batched(model, pieces, prompts, batch_size, model.route(task, "asr").task, **decoding)
+            return decode_batched(model, pieces, prompts, batch_size, route.task, **decoding)
     return decode_windows(waveforms, plans, prompt, continuation_prompt(model.tokenizer, prompt), decode)
 
 

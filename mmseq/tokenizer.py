@@ -199,18 +199,9 @@ MAX_MODEL_BYTES = 64 * 2**20  # sentencepiece models of 100k pieces are a few MB
 def read_model_file(path: str | Path) -> bytes:
     """The bytes of a tokenizer model file; a :class:`TokenizerError` for a missing file, one that is
     not a regular file (a FIFO would block, a device never end) or one larger than any real model."""
-    import stat
+    from .data.files import read_regular_file
 
-    try:
-        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise TokenizerError(f"{path}: not a regular file")
-            if info.st_size > MAX_MODEL_BYTES:
-                raise TokenizerError(f"{path}: {info.st_size} bytes, larger than any tokenizer model")
-            return file.read(MAX_MODEL_BYTES + 1)
-    except OSError as error:
-        raise TokenizerError(f"{path}: cannot read ({error.strerror or error})") from None
+    return read_regular_file(path, MAX_MODEL_BYTES, "tokenizer model", TokenizerError)
 
 
 def build_tokenizer(config: dict, folder: str | Path | None = None) -> Tokenizer:

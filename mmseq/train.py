@@ -185,20 +185,22 @@ class Trainer:
         examples, errors = self.task.read(manifest, training, skip_errors=True)
         for error in errors:
             self.log_message(f"skipped: {error}")
+        too_large = 0
         if training:
             # One example larger than a whole batch's budget (a 10-minute recording among sentences)
             # would be a batch of its own past the size the budget was set for: out of memory.
-            budget = self.config.data.batch_size
-            fits = [e for e in examples if self.task.length(e) <= budget]
+            budget, kept = self.config.data.batch_size, []
             for example in examples:
-                if self.task.length(example) > budget:
-                    self.log_message(f"skipped: {example['_where']}: larger than one batch's budget "
-                                     f"(size {self.task.length(example):.4g}, data.batch_size={budget:g})")
-            errors += [None] * (len(examples) - len(fits))
-            examples = fits
+                size = self.task.length(example)
+                if size <= budget:
+                    kept.append(example)
+                    continue
+                self.log_message(f"skipped: {example['_where']}: larger than one batch's budget "
+                                 f"(size {size:.4g}, data.batch_size={budget:g})")
+            too_large, examples = len(examples) - len(kept), kept
         if not examples:
             raise TrainingError(f"{manifest}: no usable examples")
-        return examples, len(errors)
+        return examples, len(errors) + too_large
 
     def _make_loader(self) -> None:
         config, trainer = self.config, self.config.trainer
