@@ -19,6 +19,11 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm", metavar="CHECKPOINT", help="language model (task 'lm') for shallow fusion")
     parser.add_argument("--lm-weight", type=float, help="weight of the language model (default 0.3 with --lm)")
     parser.add_argument("--prompt", help="prompt tokens and/or text prefix, e.g. '<|short|> a photo of'")
+    parser.add_argument("--context", help="text the output is conditioned on and never includes: the sentence "
+                                          "before, or names and words to expect ('Okonkwo, Umuofia')")
+    parser.add_argument("--prompt-tuning", metavar="FOLDER",
+                        help="apply a prompt-tuned task (the folder `mmseq train` wrote with prompt_tuning) "
+                             "to this checkpoint")
     parser.add_argument("--task", help="the task (route) of a model that serves several, e.g. asr or caption "
                                        "(needed only when the input does not say)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -26,7 +31,9 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _options(args) -> dict:
     names = {"beam_size": args.beam_size, "ctc_weight": args.ctc_weight, "length_penalty": args.length_penalty,
-             "length_bonus": args.length_bonus, "lm_weight": args.lm_weight}
+             "length_bonus": args.length_bonus, "lm_weight": args.lm_weight, "context": args.context}
+    if getattr(args, "previous_text", False):
+        names["previous_text"] = True
     if args.lm:
         names.update(lm=args.lm, lm_weight=0.3 if args.lm_weight is None else args.lm_weight)
     if getattr(args, "window", None) is not None:
@@ -44,7 +51,11 @@ def _load(args):
     from .model import load
     check_arguments(args)  # every option in its range, before loading (mmseq/checks.py)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load(args.checkpoint, device)
+    model = load(args.checkpoint, device)
+    if getattr(args, "prompt_tuning", None):
+        from .prompt_tuning import apply_prompt_tuning
+        apply_prompt_tuning(model, args.prompt_tuning, args.checkpoint)
+    return model
 
 
 def command_train(args) -> int:
@@ -91,8 +102,10 @@ def _decode_files(args) -> int:
         from .timestamps import write_timed
         model = _load(args)
         route = model.route(args.task, "asr")
+        options = _options(args)
+        options.pop("previous_text", None)  # timed windows are decoded together (mmseq/timestamps.py)
         return write_timed(model, args.inputs, args.timestamps, args.batch_size, prompt=args.prompt, task=route.name,
-                           **_options(args))
+                           **options)
     from .batch import command
     return command(args, _load, _options(args), args.batch_task)
 
@@ -166,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--timestamps", choices=["json", "srt", "vtt"],
                            help="word and segment times: one JSON line per input, or SRT / WebVTT subtitles "
                                 "(to stdout for one input, beside each input for several)")
+            p.add_argument("--previous-text", action="store_true",
+                           help="long audio: give each window the text of the window before as its context "
+                                "(models trained with contexts)")
             p.add_argument("--silence", type=float, nargs=2, metavar=("BEFORE", "AFTER"),
                            help="long audio: seconds of silence kept before and after each window's sound, "
                                 "as in the model's training utterances (default 0.1 0.1)")

@@ -44,6 +44,10 @@ class DecoderCache:
     group: int = 1  # consecutive rows that attend to one memory row
     spare: torch.Tensor | None = field(default=None, repr=False)  # reorder's target, swapped with self_kv
     memory_bias: torch.Tensor | None = field(default=None, repr=False)  # (rows / group, 1, 1, frames): 0 or -inf
+    # Rows whose prefixes differ in length (a per-example context) are left-padded to one length:
+    # ``offsets (rows,)`` counts each row's padding; those cache slots are never attended to, and
+    # positions count from each row's first real token, as in training. None: no padding.
+    offsets: torch.Tensor | None = None
 
     def __post_init__(self):
         # The cross-attention mask as an additive bias, made once: given a boolean mask, SDPA
@@ -66,6 +70,8 @@ class DecoderCache:
             self.spare = torch.empty_like(self.self_kv)
         torch.index_select(self.self_kv[:, :, :, :, filled], 2, index, out=self.spare[:, :, :, :, filled])
         self.self_kv, self.spare = self.spare, self.self_kv
+        if self.offsets is not None:
+            self.offsets = self.offsets[index]
 
     def select(self, index: torch.Tensor) -> "DecoderCache":
         """Keep only some rows (and their inputs' cross-attention), e.g. when inputs finish. With
@@ -73,7 +79,8 @@ class DecoderCache:
         memory_index = index[:: self.group] // self.group
         return DecoderCache(self.self_kv.index_select(2, index),
                             [kv.index_select(1, memory_index) for kv in self.cross_kv],
-                            self.memory_mask.index_select(0, memory_index), self.length, self.group)
+                            self.memory_mask.index_select(0, memory_index), self.length, self.group,
+                            offsets=None if self.offsets is None else self.offsets[index])
 
     def repeat(self, times: int) -> "DecoderCache":
         """Each row ``times`` times in a row (for a beam over each input)."""
@@ -81,13 +88,32 @@ class DecoderCache:
             return self.share(times)
         return DecoderCache(self.self_kv.repeat_interleave(times, 2),
                             [kv.repeat_interleave(times, 1) for kv in self.cross_kv],
-                            self.memory_mask.repeat_interleave(times, 0), self.length, self.group)
+                            self.memory_mask.repeat_interleave(times, 0), self.length, self.group,
+                            offsets=self._repeated_offsets(times))
 
     def share(self, times: int) -> "DecoderCache":
         """Like :meth:`repeat`, but the ``times`` rows of each input share its cross-attention keys
         and values instead of copies: a beam reads them once per step, not once per hypothesis."""
         return DecoderCache(self.self_kv.repeat_interleave(times, 2), self.cross_kv, self.memory_mask, self.length,
-                            self.group * times, memory_bias=self.memory_bias)
+                            self.group * times, memory_bias=self.memory_bias, offsets=self._repeated_offsets(times))
+
+    def _repeated_offsets(self, times: int) -> torch.Tensor | None:
+        return None if self.offsets is None else self.offsets.repeat_interleave(times)
+
+    def self_bias(self, new: int) -> torch.Tensor | None:
+        """The self-attention mask of ``new`` queries that follow the cached ones, ``(rows, 1, new,
+        keys)``: causal, and blind to each row's left padding (a padding slot sees only itself, so
+        no row of the attention is empty). None when no row is padded and ``new`` is 1."""
+        keys = self.length + new
+        if self.offsets is None:
+            if new == 1:
+                return None
+            return torch.ones(new, keys, dtype=torch.bool, device=self.self_kv.device).tril(self.length)
+        key = torch.arange(keys, device=self.offsets.device)
+        query = torch.arange(self.length, keys, device=self.offsets.device)
+        allowed = (key[None] <= query[:, None]) & (key[None, None] >= self.offsets[:, None, None])
+        allowed |= key[None] == query[:, None]
+        return allowed[:, None]
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -114,7 +140,7 @@ class DecoderLayer(nn.Module):
         return kv.permute(2, 0, 3, 1, 4)
 
     def forward(self, x, cross_kv, memory_mask, self_kv=None, start=0, return_attention=False, group=1,
-                memory_bias=None):
+                memory_bias=None, self_mask=None):
         batch, length, dim = x.shape
         drop = self.dropout.p if self.training else 0.0
         q, k, v = self.self_qkv(self.self_norm(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
@@ -124,10 +150,8 @@ class DecoderLayer(nn.Module):
             self_kv[0, :, :, start:start + length] = k
             self_kv[1, :, :, start:start + length] = v
             k, v = self_kv[0, :, :, : start + length], self_kv[1, :, :, : start + length]
-            causal = None
-            if length > 1:
-                causal = torch.ones(length, start + length, dtype=torch.bool, device=x.device).tril(start)
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=drop)
+            # ``self_mask``: causal over the cache, blind to left padding (DecoderCache.self_bias)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=self_mask, dropout_p=drop)
         x = x + self.dropout(self.self_out(attended.transpose(1, 2).reshape(batch, length, dim)))
 
         q = _split_heads(self.cross_q(self.cross_norm(x)), self.heads)
@@ -163,12 +187,35 @@ class TextDecoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         nn.init.normal_(self.embed.weight, std=config.dim ** -0.5)
         nn.init.normal_(self.positions.weight, std=0.02)
+        self.register_parameter("soft_prompt", None)  # (count, dim) when prompt-tuned: see add_soft_prompt
 
-    def _embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    def _embed(self, tokens: torch.Tensor, start: int, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Token plus position vectors; ``offsets (rows,)``: each row's left padding (its positions
+        count from its first real token). Ids past the vocabulary are soft prompt vectors
+        (``soft_prompt``), learned by prompt tuning and never generated."""
         if start + tokens.shape[1] > self.config.max_length:
             raise ValueError(f"token sequence longer than the decoder's max_length {self.config.max_length}")
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
-        return self.dropout(self.embed(tokens) * self.config.dim ** 0.5 + self.positions(positions))
+        if offsets is not None:
+            positions = (positions[None] - offsets[:, None]).clamp(min=0)
+        vocab = self.embed.num_embeddings
+        if self.soft_prompt is None:
+            vectors = self.embed(tokens)
+        else:
+            soft = tokens >= vocab
+            vectors = torch.where(soft[..., None], self.soft_prompt[(tokens - vocab).clamp(0, len(self.soft_prompt) - 1)],
+                                  self.embed(tokens.masked_fill(soft, 0)))
+        return self.dropout(vectors * self.config.dim ** 0.5 + self.positions(positions))
+
+    def add_soft_prompt(self, count: int) -> list[int]:
+        """``count`` new trainable vectors (a soft prompt, placed in a prompt by their ids, which
+        follow the vocabulary and any soft prompt before); returns their ids."""
+        vocab, dim = self.embed.num_embeddings, self.config.dim
+        old = self.soft_prompt.data if self.soft_prompt is not None else self.embed.weight.new_zeros(0, dim)
+        # Initialised from the vocabulary's own vectors (Lester et al. 2021): in the range the layers know.
+        picked = self.embed.weight.data[torch.randint(0, vocab, (count,), generator=torch.Generator().manual_seed(count))]
+        self.soft_prompt = nn.Parameter(torch.cat([old, picked.clone()]))
+        return list(range(vocab + len(old), vocab + len(old) + count))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.norm(x), self.embed.weight)  # tied with the input embedding
@@ -188,22 +235,26 @@ class TextDecoder(nn.Module):
         logits = self._logits(x)
         return (logits, weights) if return_attention else logits
 
-    def init_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor, max_length: int | None = None) -> DecoderCache:
-        """A cache for ``memory``'s rows; cross-attention keys and values are computed here, once."""
+    def init_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor, max_length: int | None = None,
+                   offsets: torch.Tensor | None = None) -> DecoderCache:
+        """A cache for ``memory``'s rows; cross-attention keys and values are computed here, once.
+        ``offsets (rows,)``: the left padding of each row's prefix (see :class:`DecoderCache`)."""
         memory = self.memory_proj(memory)
         max_length = min(max_length or self.config.max_length, self.config.max_length)
         head_dim = self.config.dim // self.config.heads
         self_kv = memory.new_zeros(len(self.layers), 2, memory.shape[0], self.config.heads, max_length, head_dim)
         # Contiguous keys and values: every step reads them whole (a tenth faster attention on CPU).
-        return DecoderCache(self_kv, [layer.memory_kv(memory).contiguous() for layer in self.layers], memory_mask, 0)
+        return DecoderCache(self_kv, [layer.memory_kv(memory).contiguous() for layer in self.layers], memory_mask, 0,
+                            offsets=offsets)
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache, return_attention: bool = False):
         """Logits ``(rows, new, vocab)`` for new tokens ``(rows, new)`` that follow the cached ones."""
-        x = self._embed(tokens, cache.length)
+        x = self._embed(tokens, cache.length, cache.offsets)
         weights = None
+        self_mask = cache.self_bias(tokens.shape[1])
         for i, layer in enumerate(self.layers):
             x, weights = layer(x, cache.cross_kv[i], cache.memory_mask, cache.self_kv[i], cache.length,
-                               return_attention, cache.group, cache.memory_bias)
+                               return_attention, cache.group, cache.memory_bias, self_mask)
         cache.length += tokens.shape[1]
         logits = self._logits(x)
         return (logits, weights) if return_attention else logits

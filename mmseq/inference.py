@@ -42,10 +42,11 @@ def _length(x: torch.Tensor) -> int:
 
 
 def decode_batched(model, inputs: list[torch.Tensor], prompts: list, batch_size: int = 16, task=None,
-                   **options) -> list[str]:
+                   contexts: list | None = None, **options) -> list[str]:
     """Texts of loaded inputs, in their order. Inputs with the same prompt and similar lengths
-    share a batch (``batch_size`` inputs at most); ``options`` go to ``model.decode_texts``.
-    ``task``: the :class:`Task` the inputs belong to (default: the model's)."""
+    share a batch (``batch_size`` inputs at most), each with its own context (``contexts``: one
+    per input, or None); ``options`` go to ``model.decode_texts``. ``task``: the :class:`Task` the
+    inputs belong to (default: the model's)."""
     task = task or model.route().task
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
@@ -56,8 +57,9 @@ def decode_batched(model, inputs: list[torch.Tensor], prompts: list, batch_size:
         for start in range(0, len(members), batch_size):
             part = members[start:start + batch_size]
             batch_inputs, lengths = task.collate_inputs([inputs[i] for i in part])
+            context = None if contexts is None else [contexts[i] for i in part]
             decoded = model.decode_texts({"inputs": batch_inputs, "lengths": lengths, "task": task.name},
-                                         prompt=prompts[part[0]], **options)
+                                         prompt=prompts[part[0]], context=context, **options)
             for i, text in zip(part, decoded):
                 texts[i] = text
     return texts
@@ -65,8 +67,8 @@ def decode_batched(model, inputs: list[torch.Tensor], prompts: list, batch_size:
 
 def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int = 256, prompt=None,
                 window: float = 30.0, split: str = "energy", segment_pause: float | None = None,
-                longform: LongformOptions | None = None, task: str | None = None,
-                **options) -> Iterator[tuple[int, str | InputError]]:
+                longform: LongformOptions | None = None, task: str | None = None, context=None,
+                previous_text: bool = False, **options) -> Iterator[tuple[int, str | InputError]]:
     """Yield ``(index, text)`` for each source, or ``(index, InputError)`` for one that cannot be
     read. At most about ``chunk_size`` inputs (or windows) are held in memory at once; within a
     chunk, inputs of similar length share a batch, and the results of a chunk come in input order.
@@ -77,6 +79,10 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
     texts joined. ``longform`` gives every long-audio setting at once (it overrides those three).
     ``task`` names the task of a multitask model ("asr", "caption", "text"); a single-task model
     needs none.
+
+    ``prompt`` and ``context`` (see :meth:`~mmseq.model.Seq2Seq.generate`): one value for every
+    source, or a list of one per source. ``previous_text``: each later window of a long recording
+    gets the text of the window before as its context (a model trained with contexts).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         # 0 raised deep inside, -1 gave every input an empty text
@@ -85,21 +91,26 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
     longform = longform or LongformOptions(window=window, split=split, segment_pause=segment_pause)
     window = longform.window
     sample_rate = getattr(task.encoder, "sample_rate", None)
-    later_prompt = continuation_prompt(model.tokenizer, prompt)
     pending: list[tuple[int, torch.Tensor, list[Window]]] = []
     held = 0
 
-    def decode(pieces, prompts):
-        return decode_batched(model, pieces, prompts, batch_size, task, **options)
+    def decode(pieces, prompts, contexts):
+        return decode_batched(model, pieces, prompts, batch_size, task, contexts, **options)
 
     def flush():
-        texts = decode_windows([x for _, x, _ in pending], [plan for _, _, plan in pending], prompt,
-                               later_prompt, decode)
-        yield from zip([index for index, _, _ in pending], texts)
+        indices = [index for index, _, _ in pending]
+        prompts = [prompt_of(i) for i in indices]
+        texts = decode_windows([x for _, x, _ in pending], [plan for _, _, plan in pending], prompts,
+                               [continuation_prompt(model.tokenizer, p) for p in prompts], decode,
+                               [context_of(i) for i in indices], previous_text)
+        yield from zip(indices, texts)
         pending.clear()
 
     if _one_input(sources):
         sources = [sources]
+    sources = list(sources) if isinstance(prompt, list) or isinstance(context, list) else sources
+    prompt_of = _per_source(prompt, sources, "prompt")
+    context_of = _per_source(context, sources, "context")
     for index, source in enumerate(sources):
         if isinstance(source, NOT_INPUTS):  # each becomes its own error; the other inputs go on
             yield index, InputError(f"input {index}: expected a file path, array, tensor or image, "
@@ -127,6 +138,17 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
     yield from flush()
 
 
+def _per_source(value, sources, name: str):
+    """``index -> value`` of a ``prompt=`` or ``context=``: one value for every source (a string,
+    ids), or a list of one per source (each a string, ids, or for a context a list of words)."""
+    if not isinstance(value, list) or (value and all(isinstance(v, int) for v in value)):
+        return lambda index: value
+    if len(value) != len(sources):
+        raise InputError(f"{name}= holds {len(value)} values for {len(sources)} inputs: give one value "
+                         "(a string), or a list of one per input")
+    return lambda index: value[index]
+
+
 def decode_long(model, waveforms: list[torch.Tensor], options: LongformOptions | None = None,
                 batch_size: int = 16, prompt=None, decode=None, task: str | None = None, **decoding) -> list[str]:
     """Texts of recordings ``(samples,)`` of any length, at the model's sample rate: every window
@@ -139,9 +161,11 @@ def decode_long(model, waveforms: list[torch.Tensor], options: LongformOptions |
     options, route = options or LongformOptions(), model.route(task, "asr")
     plans = [split_audio(w, route.encoder.sample_rate, options, model, route.name) for w in waveforms]
     if decode is None:
-        def decode(pieces, prompts):
-            return decode_batched(model, pieces, prompts, batch_size, route.task, **decoding)
-    return decode_windows(waveforms, plans, prompt, continuation_prompt(model.tokenizer, prompt), decode)
+        def decode(pieces, prompts, contexts):
+            return decode_batched(model, pieces, prompts, batch_size, route.task, contexts, **decoding)
+    prompts = [prompt] * len(waveforms)
+    return decode_windows(waveforms, plans, prompts, [continuation_prompt(model.tokenizer, prompt)] * len(waveforms),
+                          decode)
 
 
 class UnreadableInputsError(InputError):

@@ -231,15 +231,29 @@ def continuation_prompt(tokenizer, prompt) -> list[int]:
     return [i for i in ids if i < len(tokenizer.special_tokens)]
 
 
-def decode_windows(recordings: list, plans: list[list[Window]], prompt, later_prompt, decode) -> list[str]:
-    """One text per recording: every window of every recording goes to one call of
-    ``decode(pieces, prompts) -> texts`` (the first window of each with ``prompt``, the others with
-    ``later_prompt``), then each recording's texts are joined. A recording of one window is
-    passed whole (it may be any input, an image too)."""
-    pieces, prompts = [], []
-    for recording, plan in zip(recordings, plans):
-        for k, window in enumerate(plan):
-            pieces.append(recording if len(plan) == 1 else recording[window.start:window.end])
-            prompts.append(prompt if k == 0 else later_prompt)
-    texts = iter(decode(pieces, prompts))
-    return [join_texts([next(texts) for _ in plan], plan) for plan in plans]
+def decode_windows(recordings: list, plans: list[list[Window]], prompts: list, later_prompts: list, decode,
+                   contexts: list | None = None, previous_text: bool = False) -> list[str]:
+    """One text per recording, from ``decode(pieces, prompts, contexts) -> texts``: the first window
+    of recording ``i`` with ``prompts[i]``, its later windows with ``later_prompts[i]``, each with
+    the recording's context ``contexts[i]``; then each recording's texts are joined. A recording of
+    one window is passed whole (it may be any input, an image too).
+
+    Every window goes to one call, unless ``previous_text``: then the windows are decoded in rounds
+    (the k-th window of every recording in round k, batched together), each later window with the
+    text of the window before as its context, as Whisper conditions on its previous text."""
+    contexts = contexts or [None] * len(recordings)
+
+    def piece(i, k):
+        return recordings[i] if len(plans[i]) == 1 else recordings[i][plans[i][k].start:plans[i][k].end]
+
+    texts = [[None] * len(plan) for plan in plans]
+    rounds = max(map(len, plans), default=0) if previous_text else 1
+    for k in range(rounds):
+        jobs = [(i, j) for i, plan in enumerate(plans) for j in range(len(plan)) if not previous_text or j == k]
+        if not jobs:
+            continue
+        got = decode([piece(i, j) for i, j in jobs], [prompts[i] if j == 0 else later_prompts[i] for i, j in jobs],
+                     [texts[i][j - 1] if previous_text and j > 0 else contexts[i] for i, j in jobs])
+        for (i, j), text in zip(jobs, got):
+            texts[i][j] = text
+    return [join_texts(texts[i], plan) for i, plan in enumerate(plans)]

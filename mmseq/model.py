@@ -23,7 +23,7 @@ from .tasks import TASKS, TaskTable, create_task
 from .tokenizer import Tokenizer, build_tokenizer
 
 
-ROUTE_KEYS = ("task", "encoder", "ctc_weight", "batch_size", "decoding", "prompt")
+ROUTE_KEYS = ("task", "encoder", "ctc_weight", "batch_size", "decoding", "prompt", "prompting")
 
 
 @dataclass
@@ -37,9 +37,11 @@ class ModelConfig:
     decoder: dict = field(default_factory=dict)  # DecoderConfig settings
     ctc_weight: float = 0.3  # share of the CTC loss in joint training (0: no CTC head)
     label_smoothing: float = 0.1
+    prompting: dict = field(default_factory=dict)  # the one route's prompt settings (mmseq.prompts.Prompting)
     # The route table: {name: {"task": kind (default: the name), "encoder": {...} or the name of
     # another route whose encoder it shares, "ctc_weight": 0.0, "batch_size": budget in the task's
-    # own unit, "decoding": {...}, "prompt": "<|asr|>" (default: the task's token)}}.
+    # own unit, "decoding": {...}, "prompt": "<|asr|>" (default: the task's token), "prompting":
+    # {controls, prompt_dropout, context_dropout, context_length} (see mmseq.prompts)}}.
     tasks: dict = field(default_factory=dict)
 
 
@@ -50,7 +52,8 @@ def route_table(config: ModelConfig, task: str | None) -> dict[str, dict]:
         if task == "multitask":
             raise ConfigError("task: multitask needs model.tasks, a table of the tasks (see recipes/multitask)")
         name = task or "asr"
-        return {name: {"task": name, "encoder": dict(config.encoder), "ctc_weight": config.ctc_weight}}
+        entry = {"task": name, "encoder": dict(config.encoder), "ctc_weight": config.ctc_weight}
+        return {name: {**entry, "prompting": dict(config.prompting)} if config.prompting else entry}
     if task not in (None, "multitask"):
         raise ConfigError(f"task: {task} goes with model.encoder; with model.tasks (a table of tasks) leave "
                           "task out or say task: multitask")
@@ -113,7 +116,7 @@ class Seq2Seq(nn.Module):
         self.decoder = TextDecoder(decoder_config)
         self.ctc_heads = nn.ModuleDict({name: nn.Linear(width, tokenizer.vocab_size)
                                         for name, entry in table.items() if float(entry.get("ctc_weight") or 0) > 0})
-        self.config = replace(config, tasks=table, encoder={}, ctc_weight=0.0)
+        self.config = replace(config, tasks=table, encoder={}, ctc_weight=0.0, prompting={})
         self.routes: dict[str, Route] = {}
         for name, entry in table.items():
             encoder = self.encoders[entry["encoder"] if isinstance(entry["encoder"], str) else name]
@@ -121,7 +124,7 @@ class Seq2Seq(nn.Module):
             if kind not in TASKS:
                 raise ConfigError(f"model.tasks.{name}: unknown task {kind!r}; registered: {', '.join(TASKS.names())}")
             routed = create_task(kind, encoder, tokenizer, decoder_config.max_length, name=name,
-                                 prompt=entry.get("prompt"))
+                                 prompt=entry.get("prompt"), prompting=entry.get("prompting"))
             self.routes[name] = Route(name, routed, encoder, self.ctc_heads[name] if name in self.ctc_heads else None,
                                       float(entry.get("ctc_weight") or 0), dict(entry.get("decoding") or {}),
                                       float(entry.get("batch_size") or 1.0))
@@ -226,22 +229,32 @@ class Seq2Seq(nn.Module):
 
     # -- decoding ---------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: dict, prompt: str | list[int] | None = None, lm=None, scorers=(),
+    def generate(self, batch: dict, prompt=None, lm=None, scorers=(), context=None,
                  **options) -> list[list[Hypothesis]]:
         """Decode a batch (``inputs``, ``lengths``); returns n-best hypotheses per input, best first.
 
         ``prompt``: prompt tokens and/or a text prefix the decoder is forced through after the
-        task token (a string such as ``"<|short|> a photo of"``, or ids); it is not scored, and
-        ``Hypothesis.output`` starts with it. ``lm``: a :class:`mmseq.lm.LanguageModel` (or its
-        checkpoint folder) fused with weight ``lm_weight``. ``options`` override the checkpoint's
-        :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more
-        ``(scorer, weight)`` pairs fused with the decoder (:class:`mmseq.scorers.Scorer`).
+        task token (a string such as ``"<|short|> a photo of"``, or ids), or a list of them, one
+        per input; it is not scored, and ``Hypothesis.output`` starts with it. ``context``: text
+        that conditions the output (the sentence before, names or words to expect), forced before
+        ``<s>`` in its own segment and never part of the output: a string for every input, or a
+        list of one per input (each a string or a list of words). A batch from a task's
+        ``collate`` brings each example's own prompt and context (``prompts``, ``contexts``);
+        ``prompt`` adds to them, ``context`` replaces them.
+
+        ``lm``: a :class:`mmseq.lm.LanguageModel` (or its checkpoint folder) fused with weight
+        ``lm_weight``. ``options`` override the checkpoint's :class:`DecodingOptions`
+        (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more ``(scorer, weight)``
+        pairs fused with the decoder (:class:`mmseq.scorers.Scorer`).
         """
         route = self.route(batch.get("task"))
         options = DecodingOptions(**{**asdict(self.decoding), **route.decoding, **options}).check()
-        prompt_ids = route.task.prompt() + (self.tokenizer.encode_prompt(prompt) if isinstance(prompt, str)
-                                            else list(prompt or []))
-        ctc_head = route.ctc_head
+        count = batch["inputs"].shape[0]
+        extra = _per_input(prompt, count, "prompt", self.tokenizer.encode_prompt)
+        prompts = [route.task.prompt() + list(own) + more for own, more in zip(batch.get("prompts") or [[]] * count, extra)]
+        contexts = batch.get("contexts") or [[]] * count
+        if context is not None:
+            contexts = _per_input(context, count, "context", route.task.context_ids, words=True)
         if isinstance(lm, (str, os.PathLike)):
             from .lm import LanguageModel
             lm = LanguageModel.cached(lm, self.device)
@@ -252,11 +265,27 @@ class Seq2Seq(nn.Module):
         inputs = batch["inputs"].to(self.device)
         lengths = batch.get("lengths")
         memory, memory_mask = route.encoder(inputs, lengths.to(self.device) if lengths is not None else None)
-        ctc = self.ctc_log_probs(memory, ctc_head) if options.ctc_weight > 0 and ctc_head is not None else None
-        fused = fused_scorers(self, options, ctc, lm, scorers)
-        if options.beam_size == 1 and not fused:
-            return [[hyp] for hyp in greedy_search(self, memory, memory_mask, prompt_ids, options)]
-        return beam_search(self, memory, memory_mask, prompt_ids, options, scorers=fused)
+        ctc = self.ctc_log_probs(memory, route.ctc_head) if options.ctc_weight > 0 and route.ctc_head is not None else None
+        # Inputs of one prompt are searched together (the fused scorers condition on it); contexts
+        # of any length share a search (left-padded, see mmseq.search).
+        groups: dict[tuple, list[int]] = {}
+        for i, ids in enumerate(prompts):
+            groups.setdefault(tuple(ids), []).append(i)
+        results: list = [None] * count
+        for ids, members in groups.items():
+            part = None if len(members) == count else torch.tensor(members, device=self.device)
+            pick = (lambda x: x) if part is None else (lambda x: x.index_select(0, part))
+            fused = fused_scorers(self, options, None if ctc is None else pick(ctc), lm, scorers)
+            group_context = [contexts[i] for i in members]
+            if options.beam_size == 1 and not fused:
+                found = [[hyp] for hyp in greedy_search(self, pick(memory), pick(memory_mask), list(ids), options,
+                                                        context=group_context)]
+            else:
+                found = beam_search(self, pick(memory), pick(memory_mask), list(ids), options, scorers=fused,
+                                    context=group_context)
+            for i, hyps in zip(members, found):
+                results[i] = hyps
+        return results
 
     def decode_texts(self, batch: dict, **options) -> list[str]:
         """Best text per input; a forced text prefix of the prompt starts it."""
@@ -313,6 +342,22 @@ class Seq2Seq(nn.Module):
                 write_extra(tmp)
 
         return write_folder(folder, write)
+
+
+def _per_input(value, count: int, name: str, encode, words: bool = False) -> list[list[int]]:
+    """``prompt=`` or ``context=`` of :meth:`Seq2Seq.generate` as ids for each of ``count`` inputs:
+    None (nothing), one value for all (a string, or ids), or a list of one value per input. With
+    ``words`` a per-input value may itself be a list of words."""
+    if value is None:
+        return [[] for _ in range(count)]
+    if isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value)
+                                  and not (words and value)):
+        ids = encode(value) if isinstance(value, str) else list(value)
+        return [list(ids) for _ in range(count)]
+    values = list(value)
+    if len(values) != count:
+        raise InputError(f"{name}= holds {len(values)} values for {count} inputs: give one value, or one per input")
+    return [[] if v is None else (encode(v) if isinstance(v, str) or words else list(v)) for v in values]
 
 
 def _one_line(error: Exception, limit: int = 300) -> str:

@@ -155,12 +155,37 @@ def _prefix(model, prompt, device) -> torch.Tensor:
     return torch.tensor([model.tokenizer.bos_id] + list(prompt), device=device)
 
 
-def _start(model, memory, memory_mask, prefix: torch.Tensor, max_new: int):
+def _prefixes(model, prompt, context, batch: int, device):
+    """The forced start of every input ``(batch, length)``: its context segment (``context``: ids
+    per input, the ``<|context|>`` marker included, or None), ``<s>`` and ``prompt``; inputs with
+    shorter prefixes are left-padded and ``offsets (batch,)`` counts their padding (None: none)."""
+    prefix = _prefix(model, prompt, device)
+    if not context or not any(context):
+        return prefix.expand(batch, -1), None
+    if len(context) != batch:
+        raise InputError(f"{len(context)} contexts for {batch} inputs")
+    rows = [list(c or []) + prefix.tolist() for c in context]
+    longest = max(map(len, rows))
+    tokens = torch.full((batch, longest), model.tokenizer.pad_id, dtype=torch.long, device=device)
+    offsets = torch.tensor([longest - len(row) for row in rows], device=device)
+    for i, row in enumerate(rows):
+        tokens[i, longest - len(row):] = torch.tensor(row, device=device)
+    return tokens, offsets if bool(offsets.any()) else None
+
+
+def _start(model, memory, memory_mask, prefixes: torch.Tensor, offsets, max_new: int):
     """Cache with the cross-attention keys and values of each input (computed once) and the
-    decoder's logits after the forced prefix ``(batch, vocab)``."""
-    cache = model.decoder.init_cache(memory, memory_mask, len(prefix) + max_new)
-    logits = model.decoder.step(prefix.expand(memory.shape[0], -1), cache)[:, -1]
+    decoder's logits after the forced prefixes ``(batch, vocab)``."""
+    size = prefixes.shape[1] + max_new
+    # (a decoder without left padding, such as a test's stand-in, needs no offsets argument)
+    cache = model.decoder.init_cache(memory, memory_mask, size, **({} if offsets is None else {"offsets": offsets}))
+    logits = model.decoder.step(prefixes, cache)[:, -1]
     return cache, logits
+
+
+def _visible(model, prompt) -> list[int]:
+    """The prompt a hypothesis continues (``Hypothesis.prompt``): soft prompt vectors left out."""
+    return [i for i in prompt if i < model.tokenizer.vocab_size]
 
 
 def _share(cache, times: int):
@@ -169,11 +194,11 @@ def _share(cache, times: int):
     return cache.share(times) if hasattr(cache, "share") else cache.repeat(times)
 
 
-def _room(model, prefix: torch.Tensor, scorers=()) -> int:
-    """Positions left for new tokens in the decoder (and the fused scorers) after the prefix."""
-    room = model.decoder.config.max_length - len(prefix)
+def _room(model, prefixes: torch.Tensor, prompt, scorers=()) -> int:
+    """Positions left for new tokens in the decoder (and the fused scorers) after the prefixes."""
+    room = model.decoder.config.max_length - prefixes.shape[-1]
     for scorer, _ in scorers:
-        limit = scorer.room(prefix[1:].tolist())
+        limit = scorer.room(list(prompt))
         room = room if limit is None else min(room, limit)
     return room
 
@@ -229,20 +254,22 @@ class _Fused:
 
 # -- greedy ----------------------------------------------------------------------------------------
 @torch.no_grad()
-def greedy_search(model, memory, memory_mask, prompt: list[int] = (), options: DecodingOptions | None = None):
+def greedy_search(model, memory, memory_mask, prompt: list[int] = (), options: DecodingOptions | None = None,
+                  context: list[list[int]] | None = None):
     """Most likely token at each step, for every input at once; inputs that end leave the batch.
 
     ``memory (batch, frames, dim)``, ``memory_mask (batch, frames)``, ``prompt``: ids forced after
-    ``<s>``. Returns one :class:`Hypothesis` per input.
+    ``<s>``; ``context``: each input's context segment, forced before ``<s>`` (see
+    :func:`_prefixes`). Returns one :class:`Hypothesis` per input.
     """
     options = (options or DecodingOptions()).check()
     eos, device = model.tokenizer.eos_id, memory.device
     batch = memory.shape[0]
-    prefix = _prefix(model, prompt, device)
-    limits = _limits(memory_mask, options, _room(model, prefix))
+    prefixes, offsets = _prefixes(model, prompt, context, batch, device)
+    limits = _limits(memory_mask, options, _room(model, prefixes, prompt))
     max_new = int(limits.max())
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
-    cache, logits = _start(model, memory, memory_mask, prefix, max_new)
+    cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     out = torch.full((batch, max_new), eos, dtype=torch.long, device=device)
     totals = torch.zeros(batch, device=device)
     alive = torch.arange(batch, device=device)
@@ -262,7 +289,8 @@ def greedy_search(model, memory, memory_mask, prompt: list[int] = (), options: D
             keep = (~done).nonzero().squeeze(1)
             alive, tokens, token, cache = alive[keep], tokens[keep], token[keep], cache.select(keep)
         logits = model.decoder.step(token[:, None], cache)[:, -1]
-    return [_hypothesis(row, total, eos, options, list(prompt)) for row, total in zip(out.tolist(), totals.tolist())]
+    shown = _visible(model, prompt)
+    return [_hypothesis(row, total, eos, options, shown) for row, total in zip(out.tolist(), totals.tolist())]
 
 
 def _hypothesis(row: list[int], total: float, eos: int, options: DecodingOptions, prompt: list[int]) -> Hypothesis:
@@ -273,7 +301,8 @@ def _hypothesis(row: list[int], total: float, eos: int, options: DecodingOptions
 # -- beam -------------------------------------------------------------------------------------------
 @torch.no_grad()
 def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: DecodingOptions | None = None,
-                ctc_log_probs: torch.Tensor | None = None, lm=None, scorers=()) -> list[list[Hypothesis]]:
+                ctc_log_probs: torch.Tensor | None = None, lm=None, scorers=(),
+                context: list[list[int]] | None = None) -> list[list[Hypothesis]]:
     """Beam search over ``inputs x beam`` rows at once; returns up to ``options.nbest``
     hypotheses per input, best first, each with its score.
 
@@ -282,6 +311,8 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
         memory: ``(batch, frames, dim)`` encoder output; memory_mask: ``(batch, frames)``, True on
             real frames.
         prompt: ids forced after ``<s>`` (task token, control tokens, a text prefix); not scored.
+        context: each input's context segment (``<|context|>`` and its ids), forced before ``<s>``
+            and never scored; inputs of shorter prefixes are left-padded (see :func:`_prefixes`).
         ctc_log_probs: ``(batch, frames, vocab)`` the CTC head's output, for joint CTC/attention
             decoding with weight ``options.ctc_weight``.
         lm: a language model scorer (see :class:`mmseq.scorers.LanguageModel`) fused with weight
@@ -308,14 +339,15 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     options = (options or DecodingOptions()).check()
     beam, eos, device = options.beam_size, model.tokenizer.eos_id, memory.device
     batch = memory.shape[0]
-    prefix = _prefix(model, prompt, device)
+    prefixes, offsets = _prefixes(model, prompt, context, batch, device)
     pairs = fused_scorers(model, options, ctc_log_probs, lm, scorers)
-    limits = _limits(memory_mask, options, _room(model, prefix, pairs))
+    shown = _visible(model, prompt)
+    limits = _limits(memory_mask, options, _room(model, prefixes, shown, pairs))
     max_new = int(limits.max())
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
-    cache, logits = _start(model, memory, memory_mask, prefix, max_new)
+    cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     cache, logits = _share(cache, beam), logits.repeat_interleave(beam, 0)
-    fusion = _Fused(pairs, list(prompt), memory_mask, beam, max_new)
+    fusion = _Fused(pairs, shown, memory_mask, beam, max_new)
     candidates_per_row = None
     if fusion.partial:
         candidates_per_row = min(logits.shape[-1], max(2, math.ceil(options.ctc_candidates * beam)))
@@ -400,7 +432,7 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
             cache = cache.select(rows)
             fusion.select(rows)
         logits = model.decoder.step(new_tokens[:, None], cache)[:, -1]
-    return _collect(pool_scores, pool_totals, pool_tokens, eos, options.nbest, list(prompt))
+    return _collect(pool_scores, pool_totals, pool_tokens, eos, options.nbest, shown)
 
 
 def _collect(pool_scores, pool_totals, pool_tokens, eos: int, nbest: int, prompt: list[int]):
@@ -424,11 +456,11 @@ def sample(model, memory, memory_mask, prompt: list[int] = (), options: Decoding
     """
     options = (options or DecodingOptions()).check()
     eos = model.tokenizer.eos_id
-    prefix = _prefix(model, prompt, memory.device)
-    limits = _limits(memory_mask, options, _room(model, prefix)).repeat_interleave(count)
+    prefixes, offsets = _prefixes(model, prompt, None, memory.shape[0], memory.device)
+    limits = _limits(memory_mask, options, _room(model, prefixes, prompt)).repeat_interleave(count)
     max_new = int(limits.max())
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, memory.device)
-    cache, logits = _start(model, memory, memory_mask, prefix, max_new)
+    cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     cache, logits = _share(cache, count), logits.repeat_interleave(count, 0)
     tokens = torch.zeros(logits.shape[0], 0, dtype=torch.long, device=memory.device)
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=memory.device)

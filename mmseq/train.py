@@ -155,14 +155,18 @@ class Trainer:
             texts = [e["text"] for e in lines if "text" in e] + [c for e in lines for c in e.get("captions", [])]
             if not texts:  # before sentencepiece, which fails on an empty corpus with its own message
                 raise TrainingError(f"{config.data.train}: no usable examples")
-            tokenizer = self._tokenizer(texts)
+            # The task and control tokens of the config and those the manifest uses (its prompts,
+            # <|context|> when a line has a context) are learned as tokens, never split as text.
+            from .prompts import prompt_tokens_of
+            tokenizer = self._tokenizer(texts, prompt_tokens_of(lines, route_table(config.model, config.task)))
             self.model = Seq2Seq(config.model, tokenizer, config.task, asdict(config.decoding))
         self.model.to(self.device).train()
         self.task = self.model.task  # the route table: reads, batches and scores every task
         self.val_metric = self.task.metric(config.trainer.val_metric)  # its name and direction
 
-    def _tokenizer(self, texts: list[str]):
+    def _tokenizer(self, texts: list[str], more_tokens: list[str] = ()):
         settings = asdict(self.config.tokenizer)
+        settings["prompt_tokens"] = list(dict.fromkeys([*settings["prompt_tokens"], *more_tokens]))
         kind = settings.pop("type")
         if kind == "sentencepiece":
             path = self.out / "tokenizer.model"
@@ -211,7 +215,8 @@ class Trainer:
         # The loader draws its worker seeds from its own generator, reseeded each epoch, not from
         # the global one: a resumed run's dropout then follows the same random stream.
         self.data_generator = torch.Generator()
-        self.loader = DataLoader(ExampleDataset(self.task, self.train_examples, training=True),
+        self.dataset = ExampleDataset(self.task, self.train_examples, training=True, seed=trainer.seed)
+        self.loader = DataLoader(self.dataset,
                                  batch_sampler=self.sampler, collate_fn=self.task.collate,
                                  num_workers=config.data.num_workers, generator=self.data_generator,
                                  pin_memory=self.device.type == "cuda")
@@ -468,6 +473,7 @@ class Trainer:
         if self.state["batch_in_epoch"] == 0:
             self.state["bad_examples_in_epoch"] = 0
         self.sampler.set_epoch(epoch, self.state["batch_in_epoch"])
+        self.dataset.epoch = epoch  # prompt and context dropout draw per (epoch, example)
         self.data_generator.manual_seed(config.seed * 100003 + epoch)
         self.model.train()
         self.stop_everywhere = False

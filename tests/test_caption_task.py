@@ -61,7 +61,8 @@ def test_captions_sharing_one_encoder_pass_give_the_loss_of_separate_pairs(model
     examples, _ = model.task.read(corpus, training=True)
     item = ExampleDataset(model.task, examples, training=True)[1]
     shared = model.task.collate([item])
-    pairs = model.task.collate([{**item, "tokens": [tokens]} for tokens in item["tokens"]])
+    pairs = model.task.collate([{**item, "tokens": [tokens], "prefix_lengths": [length]}
+                                for tokens, length in zip(item["tokens"], item["prefix_lengths"])])
     assert "input_index" not in pairs and pairs["inputs"].shape[0] == 3
     torch.manual_seed(0)
     model.eval()  # no dropout: the two passes must agree exactly

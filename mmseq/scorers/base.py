@@ -59,6 +59,7 @@ class Scorer:
 
 
 def text_ids(prompt: list[int], tokenizer) -> list[int]:
-    """The text part of a prompt (task and control tokens dropped): what text scorers condition on."""
-    specials = len(tokenizer.special_tokens)
-    return [i for i in prompt if i >= specials]
+    """The text part of a prompt (task and control tokens and soft prompt vectors dropped): what
+    text scorers condition on."""
+    specials, vocab = len(tokenizer.special_tokens), tokenizer.vocab_size
+    return [i for i in prompt if specials <= i < vocab]
