@@ -45,10 +45,13 @@ class OutputError(MmseqError):
 class Item:
     """One input of a batch job: its ``id`` (the manifest's id, a path, or ``FILE:LINE`` for a
     text line), its ``source`` (a path, or the text itself for the text task), and ``error``
-    when it cannot even be named (a broken manifest line, a glob that matches nothing)."""
+    when it cannot even be named (a broken manifest line, a glob that matches nothing). A
+    manifest line's ``prompt`` and ``context`` fields, when it has them, are the input's own."""
     id: str
     source: str
     error: MmseqError | None = None
+    prompt: str | None = None
+    context: str | list | None = None
 
 
 def _has_magic(text: str) -> bool:
@@ -148,7 +151,15 @@ class Inputs:
                     yield Item(where, "", ManifestError(manifest, number, f"no {self.field!r} field (a string)"))
                     continue
                 source = value if self.task == "text" or os.path.isabs(value) else os.path.join(folder, value)
-                yield Item(str(entry.get("id", where if self.task == "text" else source)), source)
+                prompt, context = entry.get("prompt"), entry.get("context")
+                if not (prompt is None or isinstance(prompt, str)) or not (
+                        context is None or isinstance(context, str)
+                        or (isinstance(context, list) and all(isinstance(c, str) for c in context))):
+                    yield Item(where, "", ManifestError(manifest, number, "'prompt' must be a string and 'context' "
+                                                                          "a string or a list of strings"))
+                    continue
+                yield Item(str(entry.get("id", where if self.task == "text" else source)), source,
+                           prompt=prompt, context=context)
 
 
 # -- output files -----------------------------------------------------------------------------------
@@ -411,8 +422,18 @@ def run_batch(model, inputs: Inputs, write, task: str | None = None, batch_size:
                 index += 1
                 yield item.source
 
+    # A manifest line's own prompt and context, else the job's (--prompt, --context).
+    prompt, context = options.pop("prompt", None), options.pop("context", None)
+
+    def own(field: str, default):
+        def of(index: int):
+            value = getattr(items[numbers[index]], field)
+            return default if value is None else value
+        return of
+
     try:
-        for index, result in iter_decode(model, sources(), batch_size, task=task, **options):
+        for index, result in iter_decode(model, sources(), batch_size, task=task, prompt=own("prompt", prompt),
+                                         context=own("context", context), **options):
             number = numbers.pop(index)
             item = items.pop(number)
             if isinstance(result, InputError):

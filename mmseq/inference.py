@@ -140,7 +140,10 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
 
 def _per_source(value, sources, name: str):
     """``index -> value`` of a ``prompt=`` or ``context=``: one value for every source (a string,
-    ids), or a list of one per source (each a string, ids, or for a context a list of words)."""
+    ids), a list of one per source (each a string, ids, or for a context a list of words), or
+    already a function of the source's index (batch jobs: a manifest line's own)."""
+    if callable(value):
+        return value
     if not isinstance(value, list) or (value and all(isinstance(v, int) for v in value)):
         return lambda index: value
     if len(value) != len(sources):

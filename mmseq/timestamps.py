@@ -12,6 +12,11 @@ Two ways to place the words of a chosen hypothesis in time:
   averaged; the cheapest monotonic path through their negation gives each token its frames.
   Confidence: the decoder's mean token probability over the word.
 
+Both place a word by the model's frames (40 ms apart after subsampling), and a CTC head fires at
+a token's start, so a word's end comes out early by about its last sound. ``refine=True`` (the
+default) then moves each boundary to where the sound is (:func:`refine_by_energy`): an end forward
+while the audio stays loud, a start back while it was, never past the neighbouring word.
+
 Long recordings are split into windows as :mod:`mmseq.longform` does; every window is decoded
 and aligned on its own and its times are shifted by its start, so times stay absolute.
 """
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
-from .longform import LongformOptions, Window, continuation_prompt, split_audio
+from .longform import HOP_SECONDS, LongformOptions, Window, continuation_prompt, frame_energy, split_audio
 from .plots import word_groups
 
 
@@ -138,16 +143,17 @@ def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def attention_words(model, memory, memory_mask, prompt: list[int], tokens: list[int],
-                    frame_rate: float) -> list[Word]:
-    """Words of ``tokens`` placed by DTW over the decoder's cross-attention (one input)."""
+                    frame_rate: float, context: list[int] = ()) -> list[Word]:
+    """Words of ``tokens`` placed by DTW over the decoder's cross-attention (one input), teacher
+    forced after the ``context`` segment, ``<s>`` and ``prompt`` the search forced."""
     groups = word_groups(model.tokenizer, tokens)
     if not tokens or not groups:
         return []
     tokenizer = model.tokenizer
-    sequence = [tokenizer.bos_id] + list(prompt) + list(tokens) + [tokenizer.eos_id]
+    sequence = list(context) + [tokenizer.bos_id] + list(prompt) + list(tokens) + [tokenizer.eos_id]
     ids = torch.tensor([sequence[:-1]], device=memory.device)
     weights, log_probs = _cross_attention(model, memory, memory_mask, ids)
-    first = len(prompt)  # position p predicts token p + 1: the tokens follow <s> and the prompt
+    first = len(context) + len(prompt)  # position p predicts token p + 1: the tokens follow the prefix
     frames = int(memory_mask[0].sum())
     weights = weights[:, first:first + len(tokens), :frames].float()  # (heads, tokens, frames)
     weights = (weights - weights.mean(1, keepdim=True)) / weights.std(1, keepdim=True).clamp(min=1e-6)
@@ -163,9 +169,55 @@ def attention_words(model, memory, memory_mask, prompt: list[int], tokens: list[
     return words
 
 
-def align(model, piece: torch.Tensor, hypothesis, method: str, task) -> list[Word]:
+def refine_by_energy(words: list[Word], piece: torch.Tensor, sample_rate: int, quiet: float = 0.3) -> list[Word]:
+    """``words`` with boundaries moved to the sound of ``piece (samples,)``: 10 ms frames are loud
+    above ``floor + quiet * (loud - floor)`` dB (the 5th and 95th percentiles, as the long-audio
+    split reads pauses); an end moves forward through loud frames (back through quiet ones), a start
+    back through loud frames (forward through quiet ones), never past the neighbouring word's
+    boundary. In speech without pauses the model's own boundary stays."""
+    if not words:
+        return words
+    energy = frame_energy(piece, sample_rate)
+    floor, top = torch.quantile(energy, 0.05), torch.quantile(energy, 0.95)
+    if float(top - floor) < 6.0:  # no contrast between sound and silence to go by
+        return words
+    loud = (energy >= floor + quiet * (top - floor)).tolist()
+    count = len(loud)
+    frame = lambda seconds: min(count - 1, max(0, int(round(seconds / HOP_SECONDS))))  # noqa: E731
+    starts = [frame(w.start) for w in words]
+    ends = [max(frame(w.end) - 1, s) for w, s in zip(words, starts)]  # last frame inside the word
+    refined, previous_end = [], -1
+    for i, word in enumerate(words):
+        start, end = starts[i], ends[i]
+        limit = starts[i + 1] - 1 if i + 1 < len(words) else count - 1
+        while end + 1 <= limit and loud[end + 1]:
+            end += 1
+        while end > start and not loud[end]:
+            end -= 1
+        while start - 1 > previous_end and loud[start - 1]:
+            start -= 1
+        while start < end and not loud[start]:
+            start += 1
+        # A 25 ms frame is loud once the sound is well inside it: the onset is near its last
+        # 10 ms, the offset near its first.
+        begin = start * HOP_SECONDS + (0.015 if loud[start] and start > previous_end + 1 else 0.0)
+        finish = end * HOP_SECONDS + (0.01 if loud[end] else HOP_SECONDS)
+        refined.append(Word(word.text, round(min(begin, finish), 3), round(finish, 3), word.confidence))
+        previous_end = end
+    return refined
+
+
+def align(model, piece: torch.Tensor, hypothesis, method: str, task, context: list[int] = (),
+          refine: bool = True) -> list[Word]:
     """Words of ``hypothesis`` (of ``model.generate``) in the audio ``piece (samples,)`` of
-    ``task``, times in seconds from the piece's start. ``method``: "ctc" or "attention"."""
+    ``task``, times in seconds from the piece's start. ``method``: "ctc" or "attention";
+    ``context``: the context segment the search forced (ids); ``refine``: boundaries moved to the
+    sound (:func:`refine_by_energy`)."""
+    words = _align(model, piece, hypothesis, method, task, context)
+    return refine_by_energy(words, piece, task.encoder.sample_rate) if refine else words
+
+
+def _align(model, piece, hypothesis, method, task, context) -> list[Word]:
     route = model.route(task.name)
     ctc_head = route.ctc_head
     inputs, lengths = task.collate_inputs([piece])
@@ -176,7 +228,7 @@ def align(model, piece: torch.Tensor, hypothesis, method: str, task) -> list[Wor
         if method == "ctc":
             log_probs = model.ctc_log_probs(memory, ctc_head)[0, :frames]
             return ctc_words(model, log_probs, list(hypothesis.tokens), rate)
-        return attention_words(model, memory, mask, list(hypothesis.prompt), list(hypothesis.tokens), rate)
+        return attention_words(model, memory, mask, list(hypothesis.prompt), list(hypothesis.tokens), rate, context)
 
 
 def _decode_pieces(model, task, pieces: list, prompts: list, batch_size: int, **options) -> list:
@@ -227,20 +279,22 @@ def segments_of(words: list[Word], max_pause: float = 0.6, max_seconds: float = 
 
 def timed_transcripts(model, sources, batch_size: int = 16, method: str = "auto", prompt=None,
                       longform: LongformOptions | None = None, task: str | None = None,
-                      errors: str = "raise", **options) -> list:
+                      errors: str = "raise", refine: bool = True, **options) -> list:
     """A :class:`TimedTranscript` per audio source (file or waveform), in input order.
 
     Every window of a long recording is decoded (in batches of ``batch_size``) and aligned on its
     own, its words shifted by the window's start; where a window overlaps the one before it (cut
     inside speech), words that start before the previous window's last word ended are dropped.
     ``errors="report"`` puts an unreadable input's :class:`InputError` in its place; otherwise one
-    raises after the others were done. ``options`` go to ``model.generate``.
+    raises after the others were done. ``refine``: word boundaries moved to the sound
+    (:func:`refine_by_energy`). ``options`` go to ``model.generate``.
     """
     task_ = model.route(task, "asr").task
     method = _method(model, method, task_)
     longform = longform or LongformOptions()
     rate = task_.encoder.sample_rate
     later = continuation_prompt(model.tokenizer, prompt)
+    context = task_.context_ids(options.get("context"))  # one context (str or words) for every window
     results: list = []
     for source in sources:
         try:
@@ -258,7 +312,7 @@ def timed_transcripts(model, sources, batch_size: int = 16, method: str = "auto"
         for window, piece, hyp in zip(plan, pieces, hyps):
             offset = window.start / rate
             found = [Word(w.text, round(w.start + offset, 3), round(w.end + offset, 3), round(w.confidence, 4))
-                     for w in align(model, piece, hyp, method, task_)]
+                     for w in align(model, piece, hyp, method, task_, context, refine)]
             if window.joins_previous == "overlap" and words:
                 found = [w for w in found if w.start >= words[-1].end]
             words.extend(found)

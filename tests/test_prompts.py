@@ -236,3 +236,58 @@ def test_a_model_trained_with_prompts_and_contexts_keeps_them_through_its_checkp
     casual, context = model.tokenizer.token_id("<|casual|>"), model.tokenizer.token_id("<|context|>")
     assert by_id["u1"][0] == [casual] and by_id["u2"][0] == []
     assert by_id["u2"][1] == [context] + model.tokenizer.encode(texts[1])[-6:]
+
+
+def test_long_audio_with_previous_text_gives_each_window_the_text_before_it():
+    from mmseq.longform import Window, decode_windows
+
+    calls = []
+
+    def decode(pieces, prompts, contexts):
+        calls.append(list(contexts))
+        return [f"w{int(piece[0])}" for piece in pieces]
+
+    recordings = [torch.arange(30.0), torch.arange(100.0, 120.0), torch.tensor([7.0])]
+    plans = [[Window(0, 10), Window(10, 20), Window(20, 30)], [Window(0, 10), Window(10, 20)], [Window(0, 1)]]
+    texts = decode_windows(recordings, plans, ["p"] * 3, ["q"] * 3, decode, ["names", None, "x"], previous_text=True)
+    assert texts == ["w0 w10 w20", "w100 w110", "w7"]
+    # Round k decodes the k-th window of every recording together; later windows see the text before.
+    assert calls == [["names", None, "x"], ["w0", "w100"], ["w10"]]
+    calls.clear()
+    decode_windows(recordings, plans, ["p"] * 3, ["q"] * 3, decode, ["names", None, "x"])
+    assert calls == [["names"] * 3 + [None] * 2 + ["x"]]  # all at once, each with its recording's context
+
+
+def test_transcribe_takes_each_manifest_lines_prompt_and_context_and_the_commands_flags(tmp_path):
+    import subprocess
+    import sys
+
+    import soundfile
+
+    model = speech_model(seed=1)
+    model.decoding.max_length = 12  # a random model never ends: keep its texts short
+    folder = model.save(tmp_path / "ckpt")
+    paths, lines = [], []
+    for i, seconds in enumerate([0.5, 0.7, 0.9]):
+        path = tmp_path / f"a{i}.wav"
+        soundfile.write(path, waves([seconds])[0].numpy(), 16000)
+        paths.append(str(path))
+    fields = [{"context": "red hat"}, {"prompt": "<|short|>"}, {}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"id": f"u{i}", "audio": p, **f}) + "\n"
+                                              for i, (p, f) in enumerate(zip(paths, fields))))
+    command = [sys.executable, "-m", "mmseq", "transcribe", str(folder), str(tmp_path / "m.jsonl"), "--ordered"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = dict(line.split("\t", 1) for line in out.stdout.splitlines())
+    expected = model.transcribe(paths, prompt=[None, "<|short|>", None], context=["red hat", None, None])
+    assert [got[f"u{i}"] for i in range(3)] == expected
+    flags = subprocess.run([sys.executable, "-m", "mmseq", "transcribe", str(folder), paths[2], "--context", "red hat",
+                            "--prompt", "<|short|>"], capture_output=True, text=True, timeout=120)
+    assert flags.returncode == 0, flags.stderr
+    assert flags.stdout.strip() == model.transcribe(paths[2], prompt="<|short|>", context="red hat")[0]
+
+
+def test_a_context_given_to_a_model_never_trained_with_contexts_is_refused_in_one_line(tiny_model):
+    batch = waveform_batch([0.5])
+    with pytest.raises(InputError, match="not trained with contexts"):
+        tiny_model.generate(batch, context="red hat")

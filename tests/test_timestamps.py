@@ -115,3 +115,27 @@ def test_transcribe_timestamps_command_and_api(trained, tmp_path, capsys):
     assert len(cues) == len(timed[0].segments) and [c[3] for c in cues] == [s.text for s in timed[0].segments]
     assert main(["transcribe", str(out / "best"), str(files[0]), "--timestamps", "vtt", "--beam-size", "1"]) == 0
     assert capsys.readouterr().out.startswith("WEBVTT\n\n")
+
+
+def test_energy_refinement_moves_boundaries_to_the_sound_and_not_past_a_neighbour():
+    from mmseq.timestamps import Word, refine_by_energy
+
+    rate = 16000
+    rng = np.random.default_rng(0)
+    wave = 0.001 * rng.standard_normal(rate * 3).astype(np.float32)  # a noise floor 50 dB down
+    truth = [(0.50, 0.90), (1.20, 1.45), (1.45, 1.80)]  # the last two words run together
+    for start, end in truth:
+        t = np.arange(int(start * rate), int(end * rate))
+        wave[t] += 0.3 * np.sin(2 * np.pi * 220 * t / rate).astype(np.float32)
+    # As a CTC alignment gives them: starts a frame late, ends early by the word's last sounds.
+    model_times = [Word("a", 0.54, 0.62, 1.0), Word("b", 1.24, 1.30, 1.0), Word("c", 1.48, 1.56, 1.0)]
+    refined = refine_by_energy(model_times, torch.from_numpy(wave), rate)
+    assert [w.text for w in refined] == ["a", "b", "c"]
+    for word, (start, end) in zip(refined[:2], truth):
+        assert abs(word.start - start) <= 0.025
+    assert abs(refined[0].end - 0.90) <= 0.025 and abs(refined[2].end - 1.80) <= 0.025
+    # Between "b" and "c" there is no pause: their boundary stays where the model put it.
+    assert refined[1].end <= model_times[2].start + 1e-9 and refined[2].start == model_times[2].start
+    # Without contrast (all noise) nothing moves.
+    flat = torch.from_numpy(0.01 * rng.standard_normal(rate).astype(np.float32))
+    assert refine_by_energy(model_times[:1], flat, rate) == model_times[:1]

@@ -12,6 +12,10 @@ within ``--tolerance`` seconds of the true start of its first word and the true 
 
     python tools/bench_timestamps.py CHECKPOINT --text data/synth_speech/text.txt --recordings 4 \
         --seconds 60 --srt-minutes 10 --out /tmp/ts
+
+The silences between the words are digital zeros unless ``--noise-db`` adds white noise that many
+dB below the speech; each method is measured with the boundaries moved to the sound (``refine``,
+the default of ``timestamps=True``) and without.
 """
 
 from __future__ import annotations
@@ -69,6 +73,13 @@ def recording(phrases: list[list[str]], seconds: float, rate: int, rng: random.R
     return torch.from_numpy(np.concatenate(pieces)), truth
 
 
+def noisy(wave: torch.Tensor, below_db: float, seed: int) -> torch.Tensor:
+    """``wave`` with white noise ``below_db`` dB under the RMS of its speech (its non-zero samples)."""
+    speech = wave[wave != 0]
+    level = float(speech.pow(2).mean().sqrt()) * 10 ** (-below_db / 20)
+    return wave + level * torch.randn(len(wave), generator=torch.Generator().manual_seed(seed))
+
+
 def phrases_of(truth):
     """The truth's phrases: runs of words less than 0.5 s apart (phrases are 0.6 s apart or more)."""
     groups = []
@@ -96,7 +107,7 @@ def matched(truth, words, margin: float = 0.5):
     return pairs
 
 
-def oracle_words(model, wave, truth, method: str, rate: int):
+def oracle_words(model, wave, truth, method: str, rate: int, refine: bool = True):
     """Alignment alone, recognition left out: each phrase's own text (not the model's hypothesis)
     aligned to its window (the phrase with 0.2 s of silence each side), times shifted by the window's
     start, by the same :func:`mmseq.timestamps.align` that ``timestamps=True`` uses."""
@@ -110,7 +121,7 @@ def oracle_words(model, wave, truth, method: str, rate: int):
         end = min(len(wave), int((phrase[-1][2] + 0.2) * rate))
         hypothesis = Hypothesis(model.tokenizer.encode(" ".join(t[0] for t in phrase)), 0.0, 0.0, task.prompt())
         words += [Word(w.text, w.start + start / rate, w.end + start / rate, w.confidence)
-                  for w in align(model, wave[start:end], hypothesis, method, task)]
+                  for w in align(model, wave[start:end], hypothesis, method, task, refine=refine)]
     return words
 
 
@@ -136,6 +147,8 @@ def main() -> None:
     parser.add_argument("--ctc-weight", type=float, default=0.3)
     parser.add_argument("--methods", default="ctc,attention")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise-db", type=float, default=None,
+                        help="add white noise this many dB below the speech (default: none, digital silence)")
     parser.add_argument("--out", type=Path, default=Path("bench_timestamps"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -145,37 +158,43 @@ def main() -> None:
     vocabulary = [line.split() for line in open(args.text, encoding="utf-8") if line.split()]
     cache: dict = {}
     recordings = [recording(vocabulary, args.seconds, rate, rng, cache, args.voice) for _ in range(args.recordings)]
+    if args.noise_db is not None:
+        recordings = [(noisy(w, args.noise_db, args.seed + i), t) for i, (w, t) in enumerate(recordings)]
     args.out.mkdir(parents=True, exist_ok=True)
     windows = LongformOptions(window=args.window, segment_pause=args.segment_pause)  # one phrase a window
     print(f"{len(recordings)} recordings of {args.seconds:.0f} s, {sum(len(t) for _, t in recordings)} words "
           f"(other jobs were running: wall times are inflated)")
     for method in args.methods.split(","):
-        starts, ends, found, total = [], [], 0, 0
-        clock, cpu = time.perf_counter(), time.process_time()
-        timed = timed_transcripts(model, [w for w, _ in recordings], method=method, beam_size=args.beam_size,
-                                  ctc_weight=args.ctc_weight, longform=windows)
-        wall, cpu = time.perf_counter() - clock, time.process_time() - cpu
-        for (_, truth), result in zip(recordings, timed):
-            pairs = matched(truth, result.words)
-            starts += [w.start - t[1] for t, w in pairs]
-            ends += [w.end - t[2] for t, w in pairs]
-            found, total = found + len(pairs), total + len(truth)
-        import jiwer
-        wer = 100 * jiwer.wer([" ".join(t[0] for t in truth) for _, truth in recordings], [r.text for r in timed])
-        bias = np.median(starts) * 1000 if starts else float("nan")
-        print(f"{method:9s} hypothesis: WER {wer:.1f} %, matched {found}/{total} words;  start {summary(starts)};  "
-              f"end {summary(ends)};  median start bias {bias:+.0f} ms;  {wall:.1f} s wall, {cpu:.1f} s CPU")
-        starts, ends, found = [], [], 0
-        for wave, truth in recordings:
-            pairs = matched(truth, oracle_words(model, wave, truth, method, rate))
-            starts += [w.start - t[1] for t, w in pairs]
-            ends += [w.end - t[2] for t, w in pairs]
-            found += len(pairs)
-        print(f"{method:9s} reference text aligned: {found}/{total} words;  start {summary(starts)};  "
-              f"end {summary(ends)};  median start bias {np.median(starts) * 1000:+.0f} ms, "
-              f"end bias {np.median(ends) * 1000:+.0f} ms")
+        for refine in (False, True):
+            starts, ends, found, total = [], [], 0, 0
+            clock, cpu = time.perf_counter(), time.process_time()
+            timed = timed_transcripts(model, [w for w, _ in recordings], method=method, beam_size=args.beam_size,
+                                      ctc_weight=args.ctc_weight, longform=windows, refine=refine)
+            wall, cpu = time.perf_counter() - clock, time.process_time() - cpu
+            for (_, truth), result in zip(recordings, timed):
+                pairs = matched(truth, result.words)
+                starts += [w.start - t[1] for t, w in pairs]
+                ends += [w.end - t[2] for t, w in pairs]
+                found, total = found + len(pairs), total + len(truth)
+            import jiwer
+            wer = 100 * jiwer.wer([" ".join(t[0] for t in truth) for _, truth in recordings], [r.text for r in timed])
+            bias = np.median(starts) * 1000 if starts else float("nan")
+            name = f"{method}{'+refine' if refine else ''}"
+            print(f"{name:16s} hypothesis: WER {wer:.1f} %, matched {found}/{total} words;  start {summary(starts)};  "
+                  f"end {summary(ends)};  median start bias {bias:+.0f} ms;  {wall:.1f} s wall, {cpu:.1f} s CPU")
+            starts, ends, found = [], [], 0
+            for wave, truth in recordings:
+                pairs = matched(truth, oracle_words(model, wave, truth, method, rate, refine))
+                starts += [w.start - t[1] for t, w in pairs]
+                ends += [w.end - t[2] for t, w in pairs]
+                found += len(pairs)
+            print(f"{name:16s} reference text aligned: {found}/{total} words;  start {summary(starts)};  "
+                  f"end {summary(ends)};  median start bias {np.median(starts) * 1000:+.0f} ms, "
+                  f"end bias {np.median(ends) * 1000:+.0f} ms")
     if args.srt_minutes:
         wave, truth = recording(vocabulary, args.srt_minutes * 60, rate, rng, cache, args.voice)
+        if args.noise_db is not None:
+            wave = noisy(wave, args.noise_db, args.seed + 99)
         soundfile.write(args.out / "long.wav", wave.numpy(), rate)
         [result] = timed_transcripts(model, [wave], method="auto", beam_size=args.beam_size, ctc_weight=args.ctc_weight,
                                      longform=windows)

@@ -95,6 +95,9 @@ class Task:
         if context is None or context == "" or context == []:
             return []
         text = context if isinstance(context, str) else ", ".join(map(str, context))
+        if "<|context|>" not in self.tokenizer.prompt_tokens:
+            raise InputError("this model was not trained with contexts (its tokenizer has no <|context|> token); "
+                             "train it on manifest lines with a \"context\" field")
         limit = self.prompting.context_length
         return [self.tokenizer.token_id("<|context|>")] + (self.tokenizer.encode(text)[-limit:] if limit else [])
 
