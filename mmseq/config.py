@@ -92,6 +92,7 @@ class PromptTuningConfig:
     from_task: str | None = None  # the base's route it shares encoder, CTC head and decoding with (default: its only one)
     vectors: int = 20  # soft prompt vectors placed before the task token
     train: str = "prompt"  # "prompt" (the vectors only) or "all" (every weight: the fine-tuning baseline)
+    deep: bool = False  # also a vector per prompt position at every decoder layer's input (P-tuning v2)
 
 
 @dataclass

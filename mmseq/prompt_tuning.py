@@ -33,7 +33,7 @@ from . import __version__
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_weights, write_folder, write_weights
 from .errors import CheckpointError, ConfigError, InputError
 
-SOFT_PROMPT = "decoder.soft_prompt"
+SOFT_PROMPT, DEEP_PROMPT = "decoder.soft_prompt", "decoder.deep_prompt"
 POINTER_KEYS = ("base", "base_absolute", "base_sha256", "task", "from_task", "vectors", "train")
 
 
@@ -47,10 +47,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 # -- the route ------------------------------------------------------------------------------------
-def add_route(model, name: str, from_task: str | None, vectors: int):
+def add_route(model, name: str, from_task: str | None, vectors: int, deep: bool = False):
     """Add route ``name`` to ``model`` (a :class:`mmseq.model.Seq2Seq`): it shares the encoder, CTC
     head, decoding settings, prompt and prompting of route ``from_task`` (default: the model's only
-    route), and its prompt starts with ``vectors`` new soft prompt vectors. Returns the route."""
+    route), and its prompt starts with ``vectors`` new soft prompt vectors (``deep``: with their
+    own vectors at every decoder layer's input too). Returns the route."""
     from .model import Route
     from .tasks import TaskTable, create_task
 
@@ -66,7 +67,7 @@ def add_route(model, name: str, from_task: str | None, vectors: int):
     entry = dict(model.config.tasks.get(base.name, {}))
     task = create_task(base.kind, base.encoder, model.tokenizer, base.task.max_tokens, name=name,
                        prompt=entry.get("prompt"), prompting=entry.get("prompting"))
-    task.soft_prompt = model.decoder.add_soft_prompt(vectors)
+    task.soft_prompt = model.decoder.add_soft_prompt(vectors, deep)
     route = Route(name, task, base.encoder, base.ctc_head, base.ctc_weight, dict(base.decoding), base.batch_size)
     model.routes[name] = route
     model.task = TaskTable({n: r.task for n, r in model.routes.items()},
@@ -81,6 +82,8 @@ def freeze(model, train: str = "prompt") -> tuple[int, int]:
     Returns (trainable parameters, all parameters)."""
     model.requires_grad_(train == "all")
     model.decoder.soft_prompt.requires_grad_(True)
+    if model.decoder.deep_prompt is not None:
+        model.decoder.deep_prompt.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
 
@@ -98,8 +101,8 @@ def start_model(settings):
         from_task = model.route(settings.from_task).name
     except InputError as error:
         raise ConfigError(f"prompt_tuning.from_task: {error}") from None
-    add_route(model, settings.task, from_task, settings.vectors)
-    model.prompt_tuning = {"base": str(settings.base), "base_absolute": str(base.resolve()),
+    add_route(model, settings.task, from_task, settings.vectors, settings.deep)
+    model.prompt_tuning = {"deep": bool(settings.deep), "base": str(settings.base), "base_absolute": str(base.resolve()),
                            "base_sha256": file_sha256(base / WEIGHTS_FILE), "task": settings.task,
                            "from_task": from_task,
                            "vectors": int(settings.vectors), "train": settings.train}
@@ -110,8 +113,8 @@ def check_resumed(settings, model, folder) -> None:
     """A resumed run's checkpoint was tuned as the config says (same task, vectors, way of
     training, and base weights)."""
     record = model.prompt_tuning or {}
-    for key in ("task", "vectors", "train"):
-        if record.get(key) != getattr(settings, key):
+    for key in ("task", "vectors", "train", "deep"):
+        if record.get(key, False) != getattr(settings, key):
             raise ConfigError(f"{folder}: tuned with prompt_tuning.{key}={record.get(key)!r}, the config says "
                               f"{getattr(settings, key)!r}; resume with the same settings or use another output_dir")
     weights = Path(settings.base) / WEIGHTS_FILE
@@ -148,7 +151,7 @@ def save(model, folder, write_extra=None, state_dict: dict | None = None) -> Pat
     record = model.prompt_tuning
     weights = model.state_dict() if state_dict is None else state_dict
     if record["train"] == "prompt":
-        weights = {SOFT_PROMPT: weights[SOFT_PROMPT]}
+        weights = {k: weights[k] for k in (SOFT_PROMPT, DEEP_PROMPT) if k in weights}
 
     def write(tmp: Path) -> None:
         config = {"mmseq_version": __version__, "prompt_tuning": record, "training": model.training_record}
@@ -186,15 +189,17 @@ def check_base(record: dict, base: Path, folder: Path) -> None:
 
 
 def _apply(model, folder: Path, record: dict):
-    add_route(model, record["task"], record["from_task"], record["vectors"])
+    add_route(model, record["task"], record["from_task"], record["vectors"], bool(record.get("deep")))
     weights = read_weights(folder / WEIGHTS_FILE)
     if record["train"] == "prompt":
-        expected = tuple(model.decoder.soft_prompt.shape)
-        if set(weights) != {SOFT_PROMPT} or tuple(weights[SOFT_PROMPT].shape) != expected:
-            raise CheckpointError(f"{folder / WEIGHTS_FILE}: expected only {SOFT_PROMPT} {expected}, found "
+        own = {name: tensor for name, tensor in model.state_dict().items() if name in (SOFT_PROMPT, DEEP_PROMPT)}
+        expected = {name: tuple(tensor.shape) for name, tensor in own.items()}
+        if {name: tuple(tensor.shape) for name, tensor in weights.items()} != expected:
+            raise CheckpointError(f"{folder / WEIGHTS_FILE}: expected only {expected}, found "
                                   f"{', '.join(f'{k} {tuple(v.shape)}' for k, v in list(weights.items())[:3])}")
         with torch.no_grad():
-            model.decoder.soft_prompt.copy_(weights[SOFT_PROMPT])
+            for name, tensor in weights.items():
+                own[name].copy_(tensor)
     else:
         from .checks import check_weights
         check_weights(weights, model.state_dict(), str(folder / WEIGHTS_FILE))

@@ -53,7 +53,7 @@ def base(tmp_path_factory):
               "data": {"train": str(train_file), "valid": str(train_file), "batch_size": 48, "num_workers": 0},
               "tokenizer": {"type": "char"},
               "model": {"encoder": {"name": "text", "tokenizer": {"type": "char", "train_from": str(train_file)}, **TINY},
-                        "decoder": dict(TINY, max_length=48), "ctc_weight": 0.0},
+                        "decoder": dict(TINY, layers=2, max_length=48), "ctc_weight": 0.0},
               "trainer": {**TRAINER, "max_epochs": 6},
               "decoding": {"beam_size": 1, "max_length": 30}}
     train(load_config(write_config(root / "config.yaml", config)))
@@ -232,3 +232,59 @@ def test_a_new_task_named_as_one_of_the_base_is_refused(base, tmp_path):
     config = tuning_config(tmp_path, base)
     with pytest.raises(ConfigError, match="already has a task"):
         train(load_config(config, ["prompt_tuning.task=text"]))
+
+
+def test_soft_prompt_vectors_take_no_positions():
+    """The tokens after a soft prompt keep the positions they have without it: with no layers a
+    token's logits are its embedding and position alone, so they are the same with and without."""
+    from mmseq.decoder import DecoderConfig, TextDecoder
+
+    torch.manual_seed(0)
+    decoder = TextDecoder(DecoderConfig(vocab_size=11, dim=8, layers=0, heads=2, ffn_dim=16, dropout=0.0,
+                                        max_length=20)).eval()
+    memory, mask = torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
+    plain = torch.tensor([[1, 4, 5, 6, 7]])
+    without = decoder(plain, memory, mask)
+    soft = decoder.add_soft_prompt(3)
+    with_soft = decoder(torch.tensor([[1, *soft, 4, 5, 6, 7]]), memory, mask)
+    assert torch.allclose(with_soft[0, [0, 4, 5, 6, 7]], without[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_a_search_over_a_soft_prompt_follows_teacher_forcing(deep):
+    """Incremental decoding (the prefix fed at once, then a token a step, rows repeated for a
+    beam and selected) gives the logits teacher forcing gives, with deep prompts too."""
+    from mmseq.decoder import DecoderConfig, TextDecoder
+
+    torch.manual_seed(0)
+    decoder = TextDecoder(DecoderConfig(vocab_size=11, dim=8, layers=3, heads=2, ffn_dim=16, dropout=0.0,
+                                        max_length=20)).eval()
+    soft = decoder.add_soft_prompt(3, deep=deep)
+    with torch.no_grad():
+        decoder.soft_prompt.normal_()
+        if deep:
+            assert decoder.deep_prompt.shape == (2, 3, 8)
+            decoder.deep_prompt.normal_()
+    memory, mask = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+    tokens = torch.tensor([[1, *soft, 4, 5, 6, 7], [1, *soft, 4, 8, 9, 3]])
+    full = decoder(tokens, memory, mask)
+    prefix = 5
+    with torch.no_grad():
+        cache = decoder.init_cache(memory, mask).repeat(2).select(torch.tensor([0, 2]))
+        steps = [decoder.step(tokens[:, :prefix], cache)]
+        steps += [decoder.step(tokens[:, i:i + 1], cache) for i in range(prefix, tokens.shape[1])]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_deep_prompt_tuning_keeps_its_per_layer_vectors_in_the_small_folder(base, tmp_path):
+    config = tuning_config(tmp_path, base, epochs=1, deep=True)
+    train(load_config(config))
+    folder = tmp_path / "out" / "last"
+    weights = load_file(str(folder / "model.safetensors"))
+    assert {k: tuple(v.shape) for k, v in weights.items()} == {"decoder.soft_prompt": (VECTORS, 32),
+                                                               "decoder.deep_prompt": (1, VECTORS, 32)}
+    model = mmseq.load(folder)
+    before = load_file(str(base / "model.safetensors"))
+    assert [name for name in before if not torch.equal(before[name], model.state_dict()[name])] == []
+    applied = apply_prompt_tuning(mmseq.load(base), folder, base)
+    assert applied.translate(["12", "305"], task="reversed") == model.translate(["12", "305"], task="reversed")
