@@ -6,6 +6,8 @@ train`` load the ``base`` checkpoint, add a route ``task`` that shares the encod
 decoding settings and prompt of the base's route ``from_task``, and put ``vectors`` trainable
 vectors (``TextDecoder.add_soft_prompt``) before that route's task token. Only they are trained
 (``train: all`` trains every weight through the same route: the full fine-tuning baseline).
+``deep: true`` gives each prompt position its own vector at every decoder layer's input too
+(deep prompt tuning, as P-tuning v2, Liu et al. 2022), still a few thousand numbers.
 
 The run's checkpoints are small folders: ``config.json`` holds only a pointer to the base,
 
@@ -13,7 +15,8 @@ The run's checkpoints are small folders: ``config.json`` holds only a pointer to
                        "base_sha256": "...", "task": "digits", "from_task": "text", "vectors": 20,
                        "train": "prompt"}}
 
-and ``model.safetensors`` only the soft prompt (``decoder.soft_prompt``, ``(vectors, dim)``),
+and ``model.safetensors`` only the soft prompt (``decoder.soft_prompt``, ``(vectors, dim)``, and
+with ``deep`` ``decoder.deep_prompt``, ``(layers - 1, vectors, dim)``),
 beside the trainer's state, as in any checkpoint. :func:`mmseq.load` on such a folder loads the
 base and applies the prompt; :func:`apply_prompt_tuning` applies it to a base already loaded
 (``--prompt-tuning FOLDER``). Both refuse a base whose ``model.safetensors`` is not the one the

@@ -139,7 +139,7 @@ class Trainer:
             except (CheckpointError, ConfigError) as error:
                 self.log_message(f"cannot resume from {folder} ({error}); trying the one before")
                 failures.append(error)
-        tuning = config.prompt_tuning.base is not None  # prompt tuning: see mmseq/prompt_tuning.py
+        tuning = bool(config.prompt_tuning.base)  # prompt tuning: see mmseq/prompt_tuning.py
         if self.resume_from is not None and tuning:
             from .prompt_tuning import check_resumed
             check_resumed(config.prompt_tuning, self.model, self.resume_from)
@@ -631,7 +631,7 @@ class Trainer:
             self.log_message(f"could not write checkpoint {folder}: {error}; the previous checkpoints are intact")
             return False
         self.state["best"] = best
-        if self.config.prompt_tuning.base is not None:
+        if self.config.prompt_tuning.base:
             from .prompt_tuning import size_line
             self.log_message(size_line(folder))
         rotate(self.out, folder.name, best, trainer.keep_last)
