@@ -118,6 +118,7 @@ DATA = {
 TOKENIZER = {"type": Choice("char", "sentencepiece"), "vocab_size": Int(2, 10_000_000),
              "model_type": Choice("unigram", "bpe")}
 MODEL = {"ctc_weight": Float(0, 1), "label_smoothing": Float(0, 1)}
+PROMPT_TUNING = {"vectors": Int(1, 4096), "train": Choice("prompt", "all"), "deep": BOOL}
 LAYERS = {  # shared by the decoder and the encoders that have these settings
     "dim": Int(1, 65_536), "layers": Int(0, 1000), "heads": Int(1, 1024), "ffn_dim": Int(1, 1_000_000),
     "dropout": Float(0, 1), "max_length": Int(1, 1_000_000), "sample_rate": Int(1000, 768_000),
@@ -167,6 +168,25 @@ def check_model(model, prefix: str = "model", source: str = "") -> None:
         if isinstance(dim, int) and isinstance(heads, int) and heads > 0 and dim % heads:
             raise ConfigError(f"{source + ': ' if source else ''}{prefix}.{part}.heads={heads}: must divide "
                               f"{prefix}.{part}.dim ({dim})")
+
+
+def check_prompt_tuning(config, source: str = "") -> None:
+    """A config's ``prompt_tuning`` section: ``vectors`` and ``train`` in range, ``base`` and
+    ``task`` given together, and no setting it cannot go with (EMA, FSDP, an SCST stage)."""
+    settings = config.prompt_tuning
+    where = source + ": " if source else ""
+    check_fields(settings, PROMPT_TUNING, "prompt_tuning", source)
+    if not settings.base and not settings.task:
+        return
+    for key in ("base", "task"):
+        value = getattr(settings, key)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}prompt_tuning.{key}: needed with prompt_tuning "
+                              "(base: the trained checkpoint, task: the new task's name)")
+    for on, name in ((config.trainer.ema, "trainer.ema"), (config.trainer.fsdp, "trainer.fsdp"),
+                     (config.scst.enabled, "scst")):
+        if on:
+            raise ConfigError(f"{where}prompt_tuning does not go with {name}; turn one off")
 
 
 def check_device(name) -> str:

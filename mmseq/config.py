@@ -84,6 +84,18 @@ class TrainerConfig:
 
 
 @dataclass
+class PromptTuningConfig:
+    """Train a new task by soft prompt vectors only, every other weight frozen (mmseq/prompt_tuning.py)."""
+
+    base: str | None = None  # the trained checkpoint folder to tune from (None: off)
+    task: str | None = None  # the new task's (route's) name
+    from_task: str | None = None  # the base's route it shares encoder, CTC head and decoding with (default: its only one)
+    vectors: int = 20  # soft prompt vectors placed before the task token
+    train: str = "prompt"  # "prompt" (the vectors only) or "all" (every weight: the fine-tuning baseline)
+    deep: bool = False  # also a vector per prompt position at every decoder layer's input (P-tuning v2)
+
+
+@dataclass
 class Config:
     task: str | None = None  # the one task of model.encoder (default asr); leave out with model.tasks
     output_dir: str = "exp/run"
@@ -93,6 +105,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     scst: SCSTConfig = field(default_factory=SCSTConfig)  # self-critical training, a second stage (mmseq/scst.py)
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
 
     def check(self, source: str = "") -> "Config":
         """Every section's ranges; errors name ``source`` (the YAML file) and the key. Run where a
@@ -103,6 +116,7 @@ class Config:
         self.trainer.check(source)
         checks.check_model(self.model, "model", source)
         checks.check_decoding(self.decoding, "decoding", source)
+        checks.check_prompt_tuning(self, source)
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ConfigError(f"{source + ': ' if source else ''}output_dir={self.output_dir!r}: must be a folder path")
         return self

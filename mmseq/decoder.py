@@ -48,6 +48,9 @@ class DecoderCache:
     # ``offsets (rows,)`` counts each row's padding; those cache slots are never attended to, and
     # positions count from each row's first real token, as in training. None: no padding.
     offsets: torch.Tensor | None = None
+    # Soft prompt vectors fed so far (the same in every row: one search shares one prompt); they
+    # take no positions (see TextDecoder._embed).
+    soft_tokens: int = 0
 
     def __post_init__(self):
         # The cross-attention mask as an additive bias, made once: given a boolean mask, SDPA
@@ -80,7 +83,7 @@ class DecoderCache:
         return DecoderCache(self.self_kv.index_select(2, index),
                             [kv.index_select(1, memory_index) for kv in self.cross_kv],
                             self.memory_mask.index_select(0, memory_index), self.length, self.group,
-                            offsets=None if self.offsets is None else self.offsets[index])
+                            offsets=None if self.offsets is None else self.offsets[index], soft_tokens=self.soft_tokens)
 
     def repeat(self, times: int) -> "DecoderCache":
         """Each row ``times`` times in a row (for a beam over each input)."""
@@ -89,13 +92,14 @@ class DecoderCache:
         return DecoderCache(self.self_kv.repeat_interleave(times, 2),
                             [kv.repeat_interleave(times, 1) for kv in self.cross_kv],
                             self.memory_mask.repeat_interleave(times, 0), self.length, self.group,
-                            offsets=self._repeated_offsets(times))
+                            offsets=self._repeated_offsets(times), soft_tokens=self.soft_tokens)
 
     def share(self, times: int) -> "DecoderCache":
         """Like :meth:`repeat`, but the ``times`` rows of each input share its cross-attention keys
         and values instead of copies: a beam reads them once per step, not once per hypothesis."""
         return DecoderCache(self.self_kv.repeat_interleave(times, 2), self.cross_kv, self.memory_mask, self.length,
-                            self.group * times, memory_bias=self.memory_bias, offsets=self._repeated_offsets(times))
+                            self.group * times, memory_bias=self.memory_bias, offsets=self._repeated_offsets(times),
+                            soft_tokens=self.soft_tokens)
 
     def _repeated_offsets(self, times: int) -> torch.Tensor | None:
         return None if self.offsets is None else self.offsets.repeat_interleave(times)
@@ -188,11 +192,16 @@ class TextDecoder(nn.Module):
         nn.init.normal_(self.embed.weight, std=config.dim ** -0.5)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.register_parameter("soft_prompt", None)  # (count, dim) when prompt-tuned: see add_soft_prompt
+        self.register_parameter("deep_prompt", None)  # (layers - 1, count, dim): deep prompt tuning's per-layer vectors
 
-    def _embed(self, tokens: torch.Tensor, start: int, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    def _embed(self, tokens: torch.Tensor, start: int, offsets: torch.Tensor | None = None,
+               soft_before: int = 0) -> torch.Tensor:
         """Token plus position vectors; ``offsets (rows,)``: each row's left padding (its positions
         count from its first real token). Ids past the vocabulary are soft prompt vectors
-        (``soft_prompt``), learned by prompt tuning and never generated."""
+        (``soft_prompt``), learned by prompt tuning and never generated; they take no position, so
+        that the tokens after them keep the positions a frozen model was trained on (20 vectors
+        would otherwise move its text 20 learned positions on, where it never saw text and does
+        not know when to stop). ``soft_before``: soft vectors fed before ``tokens``."""
         if start + tokens.shape[1] > self.config.max_length:
             raise ValueError(f"token sequence longer than the decoder's max_length {self.config.max_length}")
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
@@ -200,22 +209,40 @@ class TextDecoder(nn.Module):
             positions = (positions[None] - offsets[:, None]).clamp(min=0)
         vocab = self.embed.num_embeddings
         if self.soft_prompt is None:
-            vectors = self.embed(tokens)
-        else:
-            soft = tokens >= vocab
-            vectors = torch.where(soft[..., None], self.soft_prompt[(tokens - vocab).clamp(0, len(self.soft_prompt) - 1)],
-                                  self.embed(tokens.masked_fill(soft, 0)))
-        return self.dropout(vectors * self.config.dim ** 0.5 + self.positions(positions))
+            return self.dropout(self.embed(tokens) * self.config.dim ** 0.5 + self.positions(positions))
+        soft = tokens >= vocab
+        vectors = torch.where(soft[..., None], self.soft_prompt[(tokens - vocab).clamp(0, len(self.soft_prompt) - 1)],
+                              self.embed(tokens.masked_fill(soft, 0)))
+        positions = (positions - soft_before - soft.cumsum(1)).clamp(min=0)
+        placed = self.positions(positions).masked_fill(soft[..., None], 0.0)
+        return self.dropout(vectors * self.config.dim ** 0.5 + placed)
 
-    def add_soft_prompt(self, count: int) -> list[int]:
+    def add_soft_prompt(self, count: int, deep: bool = False) -> list[int]:
         """``count`` new trainable vectors (a soft prompt, placed in a prompt by their ids, which
-        follow the vocabulary and any soft prompt before); returns their ids."""
+        follow the vocabulary and any soft prompt before); returns their ids. ``deep``: each also
+        gets its own vector at the input of every layer after the first (deep prompt tuning, as
+        P-tuning v2: a small frozen model steered by the first layer alone learns little)."""
         vocab, dim = self.embed.num_embeddings, self.config.dim
         old = self.soft_prompt.data if self.soft_prompt is not None else self.embed.weight.new_zeros(0, dim)
+        if (self.deep_prompt is not None) != deep and len(old):
+            raise ValueError("a decoder's soft prompts are all deep or none")
         # Initialised from the vocabulary's own vectors (Lester et al. 2021): in the range the layers know.
         picked = self.embed.weight.data[torch.randint(0, vocab, (count,), generator=torch.Generator().manual_seed(count))]
         self.soft_prompt = nn.Parameter(torch.cat([old, picked.clone()]))
+        if deep:  # a layer's input is of the embedding's scale (times sqrt(dim), see _embed)
+            layers = picked[None].repeat(max(len(self.layers) - 1, 0), 1, 1) * dim ** 0.5
+            before = self.deep_prompt.data if self.deep_prompt is not None else layers[:, :0]
+            self.deep_prompt = nn.Parameter(torch.cat([before, layers], 1))
         return list(range(vocab + len(old), vocab + len(old) + count))
+
+    def _deep(self, x: torch.Tensor, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """``x`` with the soft prompt's rows replaced by their vectors for layer ``layer`` (> 0)."""
+        if self.deep_prompt is None:
+            return x
+        vocab = self.embed.num_embeddings
+        soft = tokens >= vocab
+        rows = self.deep_prompt[layer - 1][(tokens - vocab).clamp(0, self.deep_prompt.shape[1] - 1)]
+        return torch.where(soft[..., None], rows.to(x.dtype), x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.norm(x), self.embed.weight)  # tied with the input embedding
@@ -230,7 +257,8 @@ class TextDecoder(nn.Module):
         memory = self.memory_proj(memory)
         x = self._embed(tokens, 0)
         weights = None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            x = self._deep(x, tokens, i) if i else x
             x, weights = layer(x, layer.memory_kv(memory), memory_mask, return_attention=return_attention)
         logits = self._logits(x)
         return (logits, weights) if return_attention else logits
@@ -249,10 +277,13 @@ class TextDecoder(nn.Module):
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache, return_attention: bool = False):
         """Logits ``(rows, new, vocab)`` for new tokens ``(rows, new)`` that follow the cached ones."""
-        x = self._embed(tokens, cache.length, cache.offsets)
+        x = self._embed(tokens, cache.length, cache.offsets, cache.soft_tokens)
+        if self.soft_prompt is not None:
+            cache.soft_tokens += int((tokens[0] >= self.embed.num_embeddings).sum())
         weights = None
         self_mask = cache.self_bias(tokens.shape[1])
         for i, layer in enumerate(self.layers):
+            x = self._deep(x, tokens, i) if i else x
             x, weights = layer(x, cache.cross_kv[i], cache.memory_mask, cache.self_kv[i], cache.length,
                                return_attention, cache.group, cache.memory_bias, self_mask)
         cache.length += tokens.shape[1]

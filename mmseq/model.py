@@ -96,6 +96,7 @@ class Seq2Seq(nn.Module):
         self.tokenizer = tokenizer
         self.decoding = DecodingOptions(**(decoding or {}))
         self.training_record: dict = {}  # how the weights were trained beyond cross-entropy (e.g. SCST's reward)
+        self.prompt_tuning: dict | None = None  # the base pointer of a prompt-tuned model (mmseq.prompt_tuning)
         table = route_table(config, task)
         self.encoders = nn.ModuleDict()
         for name, entry in table.items():
@@ -333,7 +334,11 @@ class Seq2Seq(nn.Module):
 
         ``write_extra(tmp_folder)`` may add files (the trainer's state) inside the same rename.
         ``state_dict``: weights to write instead of this module's own (the trainer passes weights
-        gathered from sharded training)."""
+        gathered from sharded training). A prompt-tuned model writes its pointer and soft prompt only."""
+        if self.prompt_tuning is not None:
+            from .prompt_tuning import save
+            return save(self, folder, write_extra, state_dict)
+
         def write(tmp: Path) -> None:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.checkpoint_config(), indent=1))
             write_weights(self.state_dict() if state_dict is None else state_dict, tmp / WEIGHTS_FILE)
@@ -401,6 +406,9 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
     from .checks import check_checkpoint_config, check_task_encoder, check_weights
     folder = Path(folder)
     config = read_config(folder)
+    if "prompt_tuning" in config:  # a small folder: a pointer to its base and a soft prompt
+        from .prompt_tuning import load_prompt_tuned
+        return load_prompt_tuned(folder, config, device)
     check_checkpoint_config(config, folder / CONFIG_FILE)  # every setting in range (mmseq/checks.py)
     try:
         # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.

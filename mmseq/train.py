@@ -139,7 +139,11 @@ class Trainer:
             except (CheckpointError, ConfigError) as error:
                 self.log_message(f"cannot resume from {folder} ({error}); trying the one before")
                 failures.append(error)
-        if self.resume_from is not None and not config.scst.enabled:  # (an SCST stage's model is its init_from's)
+        tuning = bool(config.prompt_tuning.base)  # prompt tuning: see mmseq/prompt_tuning.py
+        if self.resume_from is not None and tuning:
+            from .prompt_tuning import check_resumed
+            check_resumed(config.prompt_tuning, self.model, self.resume_from)
+        elif self.resume_from is not None and not config.scst.enabled:  # (an SCST stage's model is its init_from's)
             check_resume_model({"decoder": config.model.decoder, "tasks": route_table(config.model, config.task)},
                                {"decoder": self.model.config.decoder, "tasks": self.model.config.tasks}, self.resume_from)
         if checkpoints and self.resume_from is None:
@@ -147,7 +151,10 @@ class Trainer:
             raise TrainingError(f"{self.out}: no checkpoint can be resumed from ({len(checkpoints)} tried; the "
                                 f"newest: {failures[0]}); move them away, or choose another output_dir, to "
                                 "start afresh")
-        if self.resume_from is None and config.scst.enabled:
+        if self.resume_from is None and tuning:
+            from .prompt_tuning import start_model as start_tuning
+            self.model = start_tuning(config.prompt_tuning)  # the base with the new task's route
+        elif self.resume_from is None and config.scst.enabled:
             self.model = start_model(config.scst)  # SCST fine-tunes a cross-entropy checkpoint
         elif self.resume_from is None:
             from .data.manifest import read_manifest
@@ -162,6 +169,9 @@ class Trainer:
             self.model = Seq2Seq(config.model, tokenizer, config.task, asdict(config.decoding))
         self.model.to(self.device).train()
         self.task = self.model.task  # the route table: reads, batches and scores every task
+        if tuning:  # only the soft prompt is trained, and only the new task read
+            from .prompt_tuning import training_table
+            self.task = training_table(self.model, self.log_message)
         self.val_metric = self.task.metric(config.trainer.val_metric)  # its name and direction
 
     def _tokenizer(self, texts: list[str], more_tokens: list[str] = ()):
@@ -621,6 +631,9 @@ class Trainer:
             self.log_message(f"could not write checkpoint {folder}: {error}; the previous checkpoints are intact")
             return False
         self.state["best"] = best
+        if self.config.prompt_tuning.base:
+            from .prompt_tuning import size_line
+            self.log_message(size_line(folder))
         rotate(self.out, folder.name, best, trainer.keep_last)
         if metric is not None or self.state["batch_in_epoch"] == 0:  # not at every mid-epoch checkpoint
             self.plot()
