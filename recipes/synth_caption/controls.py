@@ -5,7 +5,7 @@ Each RUN is ``NAME=HYPOTHESES`` (the ``hypotheses.jsonl`` that ``mmseq eval --ou
 row per image with its caption and all its references). A reference is *short* when it has at most
 ``--bound`` words (the upper bound of ``<|short|>`` in the controlled model's config; read from
 ``--checkpoint`` when given), *long* otherwise. For each run this prints the mean words per
-caption and CIDEr (pycocoevalcap, through :func:`mmseq.metrics.captions.caption_metrics`) against
+caption and CIDEr (pycocoevalcap's, on captions PTB-tokenized as mmseq's caption metrics do) against
 three reference sets: every reference of every image; the short references of the images that
 have any; the long references of the images that have any. CIDEr's document frequencies come from
 the set scored against, so two runs compare only within one column.
@@ -51,15 +51,33 @@ def references_of_kind(references: list[str], kind: str, bound: int) -> list[str
     return short if kind == "short" else [text for text in references if len(text.split()) > bound]
 
 
-def score(rows: list[dict], bound: int) -> dict:
-    """Mean words of the hypotheses; CIDEr and the image count against each kind of reference."""
-    from mmseq.metrics.captions import caption_metrics
+def tokenizer():
+    """pycocoevalcap's PTB tokenizer as mmseq's caption metrics run it (its Python stand-in without Java)."""
+    from mmseq.metrics.captions import ptb_tokenize, python_tokenize
+    from mmseq.metrics.java import java_problem
+
+    return ptb_tokenize if java_problem() is None else python_tokenize
+
+
+def score(rows: list[dict], bound: int, tokenize) -> dict:
+    """Mean words of the hypotheses; CIDEr and the image count against each kind of reference.
+    CIDEr is pycocoevalcap's, on PTB-tokenized captions, as in :func:`mmseq.metrics.captions.caption_metrics`
+    (one tokenizer run per call instead of one per metric and reference set: Java starts slowly)."""
+    from pycocoevalcap.cider.cider import Cider
 
     result = {"images": len(rows), "words": sum(len(row["hypothesis"].split()) for row in rows) / len(rows)}
+    flat = tokenize([row["hypothesis"] for row in rows] + [text for row in rows for text in row["references"]])
+    hypotheses, position, references = flat[: len(rows)], len(rows), []
+    for row in rows:  # (raw, tokenized) per reference, so that kinds are told by the raw word count
+        references.append(list(zip(row["references"], flat[position: position + len(row["references"])])))
+        position += len(row["references"])
     for kind in KINDS:
-        kept = [(row["hypothesis"], refs) for row in rows if (refs := references_of_kind(row["references"], kind, bound))]
-        metrics = caption_metrics([refs for _, refs in kept], [hyp for hyp, _ in kept])
-        result[f"CIDEr_{kind}"], result[f"images_{kind}"] = metrics["CIDEr"], len(kept)
+        gts, res = {}, {}
+        for i, (hypothesis, refs) in enumerate(zip(hypotheses, references)):
+            kept = [tokens for raw, tokens in refs if references_of_kind([raw], kind, bound)]
+            if kept:
+                gts[i], res[i] = kept, [hypothesis]
+        result[f"CIDEr_{kind}"], result[f"images_{kind}"] = float(Cider().compute_score(gts, res)[0]), len(gts)
     return result
 
 
@@ -83,7 +101,8 @@ def main(argv=None) -> int:
     if len({tuple(v) for v in ids.values()}) != 1:
         raise SystemExit("the runs decoded different images")
 
-    figures = {name: score(rows, bound) for name, rows in runs.items()}
+    tokenize = tokenizer()
+    figures = {name: score(rows, bound, tokenize) for name, rows in runs.items()}
     print(f"short reference: at most {bound} words; {len(next(iter(runs.values())))} test images")
     print(f"{'run':<24} {'words':>6} {'CIDEr all':>10} {'CIDEr short':>12} {'CIDEr long':>11}")
     for name, f in figures.items():
