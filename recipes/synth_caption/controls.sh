@@ -4,8 +4,8 @@
 # the same schedule, decode the test split (scenes never seen in training) with each model, the
 # controlled one under <|short|>, <|long|> and no control, and print mean words per caption and
 # CIDEr against all references and against the references of each kind (controls.py).
-# A model already trained in its folder is reused. Extra arguments are config overrides given to
-# both trainings, e.g. `bash recipes/synth_caption/controls.sh trainer.max_epochs=6`.
+# A run already in its folder is resumed (a finished one is left as it is). Extra arguments are
+# config overrides given to both trainings, e.g. `bash recipes/synth_caption/controls.sh trainer.max_epochs=6`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV="${VENV:-$(bash tools/setup.sh)}"
@@ -21,7 +21,6 @@ echo "== 1/3 corpus (shapes) -> $DATA"
 echo "== 2/3 training"
 for pair in "config.yaml $PLAIN" "controls.yaml $CONTROLLED"; do
   config=${pair% *}; out=${pair#* }
-  if [ -d "$out/best" ]; then echo "$out/best exists: reused"; continue; fi
   start=$(date +%s)
   "$MMSEQ" train "recipes/synth_caption/$config" output_dir="$out" "$@"
   echo "$config took $(( $(date +%s) - start )) s"
