@@ -1,9 +1,11 @@
 """Scorers fused with the decoder in beam search, one class each behind :class:`Scorer`:
-CTC prefix scores (:class:`CTCScorer`) and an external language model (:class:`LanguageModel`).
+CTC prefix scores (:class:`CTCScorer`), an external language model (:class:`LanguageModel`) and a
+bonus for listed words (:class:`ContextBoost`, contextual biasing by shallow fusion).
 A new scorer is one new class; fuse it with ``model.generate(batch, scorers=[(scorer, weight)])``."""
 
 from .base import Scorer
+from .boost import ContextBoost
 from .ctc import CTCScorer
 from .lm import LanguageModel
 
-__all__ = ["CTCScorer", "LanguageModel", "Scorer"]
+__all__ = ["ContextBoost", "CTCScorer", "LanguageModel", "Scorer"]
