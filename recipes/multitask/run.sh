@@ -80,6 +80,7 @@ print(f"{'task':<8} {'metric':<7} {'single-task':>12} {'multitask':>10}")
 for task, names in rows:
     single = json.load(open(f"exp/single_{task}/eval-test/metrics.json"))
     multi = json.load(open(f"exp/multitask/eval-{task}/metrics.json"))
+    multi = {key.split("/", 1)[-1]: value for key, value in multi.items()}  # a multitask model's: asr/wer
     for name in names:
         print(f"{task:<8} {name:<7} {single[name]:>12.2f} {multi[name]:>10.2f}")
 singles = {task: run(f"exp/single_{task}") for task, _ in rows}
