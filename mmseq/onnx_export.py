@@ -178,6 +178,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, task: str | None = None
 
     checkpoint, out = Path(checkpoint), Path(out)
     model = load(checkpoint, "cpu").float()
+    if any(i >= model.tokenizer.vocab_size for i in model.route(task).task.prompt()):
+        raise ConfigError(f"export: route {model.route(task).name!r} of {checkpoint} is prompt-tuned (soft prompt "
+                          "vectors, see mmseq/prompt_tuning.py); ONNX export covers token prompts only")
     out.mkdir(parents=True, exist_ok=True)
     encoder_graph = EncoderGraph(model, task).eval()
     args, input_names, dynamic = example_inputs(model, encoder_graph.encoder)

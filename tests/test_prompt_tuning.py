@@ -288,3 +288,13 @@ def test_deep_prompt_tuning_keeps_its_per_layer_vectors_in_the_small_folder(base
     assert [name for name in before if not torch.equal(before[name], model.state_dict()[name])] == []
     applied = apply_prompt_tuning(mmseq.load(base), folder, base)
     assert applied.translate(["12", "305"], task="reversed") == model.translate(["12", "305"], task="reversed")
+
+
+def test_onnx_export_refuses_a_prompt_tuned_route(tuned, tmp_path):
+    pytest.importorskip("onnx")
+    from mmseq.onnx_export import export_onnx
+
+    out, _ = tuned
+    with pytest.raises(ConfigError, match="prompt-tuned"):
+        export_onnx(out / "last", tmp_path / "onnx", task="reversed")
+    assert not (tmp_path / "onnx").exists()
