@@ -104,6 +104,10 @@ def start_model(settings):
         from_task = model.route(settings.from_task).name
     except InputError as error:
         raise ConfigError(f"prompt_tuning.from_task: {error}") from None
+    room = model.decoder.config.max_length - 1 - len(model.route(from_task).task.prompt())  # <s> and the prompt
+    if settings.vectors >= room:
+        raise ConfigError(f"prompt_tuning.vectors={settings.vectors}: the base's decoder holds "
+                          f"{model.decoder.config.max_length} tokens, prompt and text together; give fewer than {room}")
     add_route(model, settings.task, from_task, settings.vectors, settings.deep)
     model.prompt_tuning = {"deep": bool(settings.deep), "base": str(settings.base), "base_absolute": str(base.resolve()),
                            "base_sha256": file_sha256(base / WEIGHTS_FILE), "task": settings.task,

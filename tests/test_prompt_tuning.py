@@ -234,6 +234,13 @@ def test_a_new_task_named_as_one_of_the_base_is_refused(base, tmp_path):
         train(load_config(config, ["prompt_tuning.task=text"]))
 
 
+def test_more_vectors_than_the_decoder_holds_are_refused_in_one_line(base, tmp_path):
+    config = tuning_config(tmp_path, base)
+    with pytest.raises(ConfigError, match=r"prompt_tuning.vectors=60: the base's decoder holds 48 tokens"):
+        train(load_config(config, ["prompt_tuning.vectors=60"]))
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
 def test_soft_prompt_vectors_take_no_positions():
     """The tokens after a soft prompt keep the positions they have without it: with no layers a
     token's logits are its embedding and position alone, so they are the same with and without."""

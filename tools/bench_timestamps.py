@@ -107,14 +107,14 @@ def matched(truth, words, margin: float = 0.5):
     return pairs
 
 
-def oracle_words(model, wave, truth, method: str, rate: int, refine: bool = True):
+def oracle_words(model, wave, truth, method: str, rate: int, refine: bool = True, task: str | None = None):
     """Alignment alone, recognition left out: each phrase's own text (not the model's hypothesis)
     aligned to its window (the phrase with 0.2 s of silence each side), times shifted by the window's
     start, by the same :func:`mmseq.timestamps.align` that ``timestamps=True`` uses."""
     from mmseq.search import Hypothesis
     from mmseq.timestamps import Word, align
 
-    task = model.route().task
+    task = model.route(task, "asr").task
     words = []
     for phrase in phrases_of(truth):
         start = max(0, int((phrase[0][1] - 0.2) * rate))
@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--ctc-weight", type=float, default=0.3)
     parser.add_argument("--methods", default="ctc,attention")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", default=None, help="the speech route of a model of several routes")
     parser.add_argument("--noise-db", type=float, default=None,
                         help="add white noise this many dB below the speech (default: none, digital silence)")
     parser.add_argument("--out", type=Path, default=Path("bench_timestamps"))
@@ -154,7 +155,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
     model = mmseq.load(args.checkpoint, "cpu")
-    rate = model.encoder.sample_rate
+    rate = model.route(args.task, "asr").encoder.sample_rate
     vocabulary = [line.split() for line in open(args.text, encoding="utf-8") if line.split()]
     cache: dict = {}
     recordings = [recording(vocabulary, args.seconds, rate, rng, cache, args.voice) for _ in range(args.recordings)]
@@ -169,7 +170,7 @@ def main() -> None:
             starts, ends, found, total = [], [], 0, 0
             clock, cpu = time.perf_counter(), time.process_time()
             timed = timed_transcripts(model, [w for w, _ in recordings], method=method, beam_size=args.beam_size,
-                                      ctc_weight=args.ctc_weight, longform=windows, refine=refine)
+                                      ctc_weight=args.ctc_weight, longform=windows, refine=refine, task=args.task)
             wall, cpu = time.perf_counter() - clock, time.process_time() - cpu
             for (_, truth), result in zip(recordings, timed):
                 pairs = matched(truth, result.words)
@@ -184,7 +185,7 @@ def main() -> None:
                   f"end {summary(ends)};  median start bias {bias:+.0f} ms;  {wall:.1f} s wall, {cpu:.1f} s CPU")
             starts, ends, found = [], [], 0
             for wave, truth in recordings:
-                pairs = matched(truth, oracle_words(model, wave, truth, method, rate, refine))
+                pairs = matched(truth, oracle_words(model, wave, truth, method, rate, refine, args.task))
                 starts += [w.start - t[1] for t, w in pairs]
                 ends += [w.end - t[2] for t, w in pairs]
                 found += len(pairs)
@@ -197,7 +198,7 @@ def main() -> None:
             wave = noisy(wave, args.noise_db, args.seed + 99)
         soundfile.write(args.out / "long.wav", wave.numpy(), rate)
         [result] = timed_transcripts(model, [wave], method="auto", beam_size=args.beam_size, ctc_weight=args.ctc_weight,
-                                     longform=windows)
+                                     longform=windows, task=args.task)
         (args.out / "long.srt").write_text(to_srt(result.segments), encoding="utf-8")
         (args.out / "long.truth.tsv").write_text("".join(f"{w}\t{s:.3f}\t{e:.3f}\n" for w, s, e, _ in truth))
         truth_of = {id(w): t for t, w in matched(truth, result.words)}

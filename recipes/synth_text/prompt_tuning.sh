@@ -18,7 +18,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 RUNS=(
   "prompt-v20-lr0.03|prompt_tuning.yaml|prompt_tuning.vectors=20 trainer.lr=0.03"
   "prompt-v20-lr0.3|prompt_tuning.yaml|prompt_tuning.vectors=20 trainer.lr=0.3"
-  "prompt-v100-lr0.1|prompt_tuning.yaml|prompt_tuning.vectors=100 trainer.lr=0.1"
+  "prompt-v40-lr0.3|prompt_tuning.yaml|prompt_tuning.vectors=40 trainer.lr=0.3"
   "deep-v20-lr0.1|prompt_tuning.yaml|prompt_tuning.vectors=20 prompt_tuning.deep=true trainer.lr=0.1"
   "finetune-lr5e-4|finetune.yaml|trainer.lr=0.0005"
 )
@@ -50,7 +50,9 @@ echo "== the base alone on the new task (its own route)"
 
 for run in "${RUNS[@]}"; do
   IFS="|" read -r name config overrides <<< "$run"
+  [ -f "$EXP/$name/eval-base-task/metrics.json" ] && continue  # done in an earlier run of this script
   echo "== $name: $config $overrides"
+  rm -rf "${EXP:?}/$name"
   # shellcheck disable=SC2086
   /usr/bin/time -f "%U %S %e" -o "$EXP/$name.time" "$MMSEQ" train "recipes/synth_text/$config" \
       output_dir="$EXP/$name" prompt_tuning.base="$BASE" $overrides "$@" 2> "$EXP/$name.log" || {
