@@ -118,7 +118,7 @@ DATA = {
 TOKENIZER = {"type": Choice("char", "sentencepiece"), "vocab_size": Int(2, 10_000_000),
              "model_type": Choice("unigram", "bpe")}
 MODEL = {"ctc_weight": Float(0, 1), "label_smoothing": Float(0, 1)}
-PROMPT_TUNING = {"vectors": Int(1, 4096), "train": Choice("prompt", "all"), "deep": BOOL}
+PROMPT_TUNING = {"vectors": Int(1, 4096), "train": Choice("prompt", "all"), "deep": BOOL, "lora": Int(0, 4096)}
 LAYERS = {  # shared by the decoder and the encoders that have these settings
     "dim": Int(1, 65_536), "layers": Int(0, 1000), "heads": Int(1, 1024), "ffn_dim": Int(1, 1_000_000),
     "dropout": Float(0, 1), "max_length": Int(1, 1_000_000), "sample_rate": Int(1000, 768_000),

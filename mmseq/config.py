@@ -93,6 +93,7 @@ class PromptTuningConfig:
     vectors: int = 20  # soft prompt vectors placed before the task token
     train: str = "prompt"  # "prompt" (the vectors only) or "all" (every weight: the fine-tuning baseline)
     deep: bool = False  # also a vector per prompt position at every decoder layer's input (P-tuning v2)
+    lora: int = 0  # rank of LoRA updates of the decoder's attention, trained with the vectors (0: none; mmseq/lora.py)
 
 
 @dataclass

@@ -7,7 +7,10 @@ decoding settings and prompt of the base's route ``from_task``, and put ``vector
 vectors (``TextDecoder.add_soft_prompt``) before that route's task token. Only they are trained
 (``train: all`` trains every weight through the same route: the full fine-tuning baseline).
 ``deep: true`` gives each prompt position its own vector at every decoder layer's input too
-(deep prompt tuning, as P-tuning v2, Liu et al. 2022), still a few thousand numbers.
+(deep prompt tuning, as P-tuning v2, Liu et al. 2022), still a few thousand numbers. ``lora: R``
+adds the second adapter form, rank-R LoRA updates of the decoder's attention projections
+(:mod:`mmseq.lora`), trained with the vectors; unlike the vectors, they change the decoder every
+route goes through, so the base's own tasks are served by the adapted decoder too.
 
 The run's checkpoints are small folders: ``config.json`` holds only a pointer to the base,
 
@@ -35,6 +38,7 @@ import torch
 from . import __version__
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_weights, write_folder, write_weights
 from .errors import CheckpointError, ConfigError, InputError
+from .lora import add_lora, is_lora
 
 SOFT_PROMPT, DEEP_PROMPT = "decoder.soft_prompt", "decoder.deep_prompt"
 POINTER_KEYS = ("base", "base_absolute", "base_sha256", "task", "from_task", "vectors", "train")
@@ -47,6 +51,12 @@ def file_sha256(path: str | os.PathLike) -> str:
         for piece in iter(lambda: file.read(2**20), b""):
             digest.update(piece)
     return digest.hexdigest()
+
+
+def is_adapter(name: str) -> bool:
+    """A state-dict entry that prompt tuning trains and its folder holds: the soft prompt, the deep
+    prompt, a LoRA matrix."""
+    return name in (SOFT_PROMPT, DEEP_PROMPT) or is_lora(name)
 
 
 # -- the route ------------------------------------------------------------------------------------
@@ -84,9 +94,9 @@ def freeze(model, train: str = "prompt") -> tuple[int, int]:
     """Make only the soft prompt trainable (``train="prompt"``), or every weight (``"all"``).
     Returns (trainable parameters, all parameters)."""
     model.requires_grad_(train == "all")
-    model.decoder.soft_prompt.requires_grad_(True)
-    if model.decoder.deep_prompt is not None:
-        model.decoder.deep_prompt.requires_grad_(True)
+    for name, parameter in model.named_parameters():
+        if is_adapter(name):
+            parameter.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
 
@@ -109,7 +119,9 @@ def start_model(settings):
         raise ConfigError(f"prompt_tuning.vectors={settings.vectors}: the base's decoder holds "
                           f"{model.decoder.config.max_length} tokens, prompt and text together; give fewer than {room}")
     add_route(model, settings.task, from_task, settings.vectors, settings.deep)
-    model.prompt_tuning = {"deep": bool(settings.deep), "base": str(settings.base), "base_absolute": str(base.resolve()),
+    if settings.lora:
+        add_lora(model.decoder, settings.lora)
+    model.prompt_tuning = {"deep": bool(settings.deep), "lora": int(settings.lora), "base": str(settings.base), "base_absolute": str(base.resolve()),
                            "base_sha256": file_sha256(base / WEIGHTS_FILE), "task": settings.task,
                            "from_task": from_task,
                            "vectors": int(settings.vectors), "train": settings.train}
@@ -120,7 +132,7 @@ def check_resumed(settings, model, folder) -> None:
     """A resumed run's checkpoint was tuned as the config says (same task, vectors, way of
     training, and base weights)."""
     record = model.prompt_tuning or {}
-    for key in ("task", "vectors", "train", "deep"):
+    for key in ("task", "vectors", "train", "deep", "lora"):
         if record.get(key, False) != getattr(settings, key):
             raise ConfigError(f"{folder}: tuned with prompt_tuning.{key}={record.get(key)!r}, the config says "
                               f"{getattr(settings, key)!r}; resume with the same settings or use another output_dir")
@@ -158,7 +170,7 @@ def save(model, folder, write_extra=None, state_dict: dict | None = None) -> Pat
     record = model.prompt_tuning
     weights = model.state_dict() if state_dict is None else state_dict
     if record["train"] == "prompt":
-        weights = {k: weights[k] for k in (SOFT_PROMPT, DEEP_PROMPT) if k in weights}
+        weights = {k: v for k, v in weights.items() if is_adapter(k)}
 
     def write(tmp: Path) -> None:
         config = {"mmseq_version": __version__, "prompt_tuning": record, "training": model.training_record}
@@ -179,7 +191,8 @@ def _pointer(config: dict, folder: Path) -> dict:
     if missing:
         raise CheckpointError(f"{source}: prompt_tuning lacks {', '.join(missing)}")
     if not isinstance(record["vectors"], int) or isinstance(record["vectors"], bool) or record["vectors"] < 1 \
-            or record["train"] not in ("prompt", "all") or not isinstance(record["task"], str):
+            or record["train"] not in ("prompt", "all") or not isinstance(record["task"], str) \
+            or type(record.get("lora", 0)) is not int or record.get("lora", 0) < 0:
         raise CheckpointError(f"{source}: corrupt prompt_tuning pointer ({record!r:.200})")
     return record
 
@@ -197,9 +210,11 @@ def check_base(record: dict, base: Path, folder: Path) -> None:
 
 def _apply(model, folder: Path, record: dict):
     add_route(model, record["task"], record["from_task"], record["vectors"], bool(record.get("deep")))
+    if record.get("lora"):
+        add_lora(model.decoder, int(record["lora"]))
     weights = read_weights(folder / WEIGHTS_FILE)
     if record["train"] == "prompt":
-        own = {name: tensor for name, tensor in model.state_dict().items() if name in (SOFT_PROMPT, DEEP_PROMPT)}
+        own = {name: tensor for name, tensor in model.state_dict().items() if is_adapter(name)}
         expected = {name: tuple(tensor.shape) for name, tensor in own.items()}
         if {name: tuple(tensor.shape) for name, tensor in weights.items()} != expected:
             raise CheckpointError(f"{folder / WEIGHTS_FILE}: expected only {expected}, found "

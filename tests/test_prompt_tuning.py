@@ -305,3 +305,32 @@ def test_onnx_export_refuses_a_prompt_tuned_route(tuned, tmp_path):
     with pytest.raises(ConfigError, match="prompt-tuned"):
         export_onnx(out / "last", tmp_path / "onnx", task="reversed")
     assert not (tmp_path / "onnx").exists()
+
+
+def test_lora_adapters_travel_in_the_small_folder_and_learn_more_than_the_prompt(base, tuned, tmp_path):
+    from mmseq.lora import add_lora
+
+    config = tuning_config(tmp_path, base, lora=2)
+    train(load_config(config, ["trainer.lr=0.01"]))
+    folder = tmp_path / "out" / "last"
+    weights = load_file(str(folder / "model.safetensors"))
+    lora = sorted(name for name in weights if name != "decoder.soft_prompt")
+    assert lora and all(re.fullmatch(r"decoder\.layers\.\d\.(self_qkv|self_out|cross_q|cross_kv|cross_out)\.lora_[ab]",
+                                     name) for name in lora)
+    assert any(name.endswith("lora_b") and weights[name].abs().sum() > 0 for name in lora)  # B starts at zero
+    assert (folder / "model.safetensors").stat().st_size * 5 < (base / "model.safetensors").stat().st_size
+
+    model = mmseq.load(folder)
+    numbers = ["12", "47", "305"]
+    applied = apply_prompt_tuning(mmseq.load(base), folder, base)
+    assert applied.translate(numbers, task="reversed") == model.translate(numbers, task="reversed")
+    before = load_file(str(base / "model.safetensors"))
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items() if name in before)
+    # Zero-initialised B: the adapters alone (before training) leave the base's outputs as they were.
+    plain = mmseq.load(base)
+    fresh = mmseq.load(base)
+    add_lora(fresh.decoder, 2)
+    assert fresh.translate(numbers) == plain.translate(numbers)
+    manifest = tmp_path / "train.jsonl"
+    prompt_only, _ = tuned
+    assert new_task_loss(model, "reversed", manifest) < new_task_loss(mmseq.load(prompt_only / "last"), "reversed", manifest)
