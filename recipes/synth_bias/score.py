@@ -61,7 +61,7 @@ CONDITIONS = {
     "test_seen": ("test_seen.jsonl", False, True, False),
     "test_seen_context": ("test_seen_context.jsonl", False, True, False),
 }
-BOOST_GRID = (1.0, 2.0, 3.0, 4.0)
+BOOST_GRID = (1.0, 2.0, 3.0, 4.0, 6.0)
 _MODEL = {}
 
 
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, help="decode only the first LIMIT utterances of each manifest")
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     parser.add_argument("--beam-size", type=int, help="default: the checkpoint's")
-    parser.add_argument("--ctc-weight", type=float, help="default: the checkpoint's (0: CTC cannot see the context)")
+    parser.add_argument("--ctc-weight", type=float, help="default: the checkpoint's")
     parser.add_argument("--boost", type=float, nargs=2, metavar=("ALONE", "WITH_CONTEXT"),
                         help="ContextBoost weights, the list boosted alone and boosted while the decoder "
                              "sees it (default: chosen on the first 100 lines of valid.jsonl, lowest WER)")
