@@ -26,7 +26,6 @@ distractor. "errors fixed" is the share of the no-context name errors that the c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -35,14 +34,8 @@ from pathlib import Path
 
 
 
-def _sibling(path: Path, name: str):
-    """Import another recipe's script (as ``name``, so it never shadows or is shadowed by this one)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prepare import _sibling  # noqa: E402  (this recipe's prepare.py)
 
 
 # recipes/synth_speech/score.py: the word alignment
