@@ -2,7 +2,8 @@
 # Prompt tuning against fine-tuning (issue 12, item 3). From the numbers-to-words model of run.sh
 # (exp/synth_text/best), learn a task it never saw, reading the digits one by one ("1203" -> "one
 # two zero three"), by soft prompt vectors only (prompt_tuning.yaml; a few vector counts and
-# learning rates) and by training every weight for the same number of steps (finetune.yaml).
+# learning rates, deep prompts), by LoRA on the decoder's attention beside the vectors, and by
+# training every weight for the same number of steps (finetune.yaml).
 # Prints, for each run, the held-out test score, the trainable parameters (% of the model), the
 # checkpoint's size, and the original task's test score through the same weights.
 # Run run.sh first (or give BASE=folder). Extra arguments are overrides for every run.
@@ -20,6 +21,7 @@ RUNS=(
   "prompt-v20-lr0.3|prompt_tuning.yaml|prompt_tuning.vectors=20 trainer.lr=0.3"
   "prompt-v40-lr0.3|prompt_tuning.yaml|prompt_tuning.vectors=40 trainer.lr=0.3"
   "deep-v20-lr0.1|prompt_tuning.yaml|prompt_tuning.vectors=20 prompt_tuning.deep=true trainer.lr=0.1"
+  "lora-r8-lr3e-3|prompt_tuning.yaml|prompt_tuning.vectors=20 prompt_tuning.lora=8 trainer.lr=0.003"
   "finetune-lr5e-4|finetune.yaml|trainer.lr=0.0005"
 )
 [ -n "${ONLY:-}" ] && RUNS=("${RUNS[@]:0:$ONLY}")
