@@ -1,7 +1,7 @@
 """Checkpoints written before the one-shape model (``tests/fixtures/legacy``, made by
-``tests/fixtures/make_legacy.py`` with mmseq at commit 2cd68e7) load and decode bit for bit as
-that code decoded them: single-task speech (characters and sentencepiece), caption, text, and a
-multitask model of the three."""
+``tests/fixtures/make_legacy.py`` with mmseq at commit 2cd68e7) load and decode as that code
+decoded them (the same tokens, scores within float noise): single-task speech (characters and
+sentencepiece), caption, text, and a multitask model of the three."""
 
 import json
 from pathlib import Path
@@ -25,5 +25,10 @@ def test_legacy_checkpoint_decodes_as_before(name, task):
     for result in case["results"]:
         hyps = model.generate({"inputs": inputs, "lengths": lengths, "task": task}, **result["options"],
                               max_length=12)
-        got = [[{"tokens": h.tokens, "score": h.score, "log_prob": h.log_prob} for h in nbest] for nbest in hyps]
-        assert got == result["hypotheses"], result["options"]
+        # The same tokens; scores within float noise: the kernels of another CPU (AVX2 against
+        # AVX-512) round a near-certain token's log-probability differently in the 4th digit.
+        assert [[h.tokens for h in nbest] for nbest in hyps] == \
+            [[h["tokens"] for h in nbest] for nbest in result["hypotheses"]], result["options"]
+        got = [[(h.score, h.log_prob) for h in nbest] for nbest in hyps]
+        want = [[(h["score"], h["log_prob"]) for h in nbest] for nbest in result["hypotheses"]]
+        assert got == [[pytest.approx(pair, rel=1e-3, abs=1e-3) for pair in nbest] for nbest in want], result["options"]
