@@ -85,7 +85,7 @@ class TrainerConfig:
 
 @dataclass
 class PromptTuningConfig:
-    """Train a new task by soft prompt vectors only, every other weight frozen (mmseq/prompt_tuning.py)."""
+    """Train a new task by soft prompt vectors (and LoRA), every other weight frozen (mmseq/prompt_tuning.py)."""
 
     base: str | None = None  # the trained checkpoint folder to tune from (None: off)
     task: str | None = None  # the new task's (route's) name
