@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .data.files import escape
+from .data.manifest import context_problem
 from .errors import InputError, ManifestError, MmseqError
 
 # What the tasks' loaders read: libsndfile's formats (mp3 since libsndfile 1.1) and PIL's.
@@ -152,11 +153,10 @@ class Inputs:
                     continue
                 source = value if self.task == "text" or os.path.isabs(value) else os.path.join(folder, value)
                 prompt, context = entry.get("prompt"), entry.get("context")
-                if not (prompt is None or isinstance(prompt, str)) or not (
-                        context is None or isinstance(context, str)
-                        or (isinstance(context, list) and all(isinstance(c, str) for c in context))):
-                    yield Item(where, "", ManifestError(manifest, number, "'prompt' must be a string and 'context' "
-                                                                          "a string or a list of strings"))
+                problem = context_problem(context) if prompt is None or isinstance(prompt, str) else \
+                    f"field 'prompt' has the wrong type ({type(prompt).__name__})"
+                if problem:
+                    yield Item(where, "", ManifestError(manifest, number, problem))
                     continue
                 yield Item(str(entry.get("id", where if self.task == "text" else source)), source,
                            prompt=prompt, context=context)

@@ -55,6 +55,7 @@ BROKEN = [
     (json.dumps("a string"), "expected a JSON object"),
     (json.dumps({"image": "a.jpg", "captions": []}), "captions"),
     (json.dumps({"image": "a.jpg", "captions": ["ok", ""]}), "captions"),
+    (json.dumps({"audio": "a.wav", "text": "x", "context": ["ok", 5]}), "'context' must be a string or a list"),
 ]
 
 

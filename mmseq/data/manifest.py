@@ -20,6 +20,13 @@ FIELD_TYPES = {
 }
 
 
+def context_problem(value) -> str | None:
+    """Why a line's ``"context"`` cannot be used (it is a string or a list of strings), or None."""
+    if value is None or isinstance(value, str) or (isinstance(value, list) and all(isinstance(c, str) for c in value)):
+        return None
+    return f"field 'context' must be a string or a list of strings, got {type(value).__name__}"
+
+
 def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: Path) -> dict:
     """One manifest line to an example dict, or :class:`ManifestError` naming ``path:number``."""
     try:
@@ -55,6 +62,9 @@ def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: 
         captions = example["captions"]
         if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
             raise ManifestError(path, number, "field 'captions' must be a non-empty list of non-empty strings")
+    problem = context_problem(example.get("context"))
+    if problem:
+        raise ManifestError(path, number, problem)
     if "text" in required and not example["text"].strip():
         raise ManifestError(path, number, "empty text")
     example.setdefault("id", f"{Path(path).stem}-{number}")

@@ -46,7 +46,7 @@ def context_for(text: str, vocabulary: list[str], draw: random.Random, max_words
     if not words:
         return []
     long_words = [w for w in words if len(w) >= min_length]
-    pool = long_words if len(long_words) >= 1 else words
+    pool = long_words or words
     chosen = draw.sample(pool, draw.randint(1, min(max_words, len(pool))))
     own = set(words)
     distractors = []
