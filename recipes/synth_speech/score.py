@@ -7,8 +7,9 @@
     python recipes/synth_speech/score.py flags exp/synth_speech/decoding.json --lm exp/synth_speech_lm/best
 
 ``tune`` sees only the manifest it is given (the valid split): it decodes every setting of a small
-grid (beam 4; CTC weight 0.3 or 0.5; LM weight 0 or 0.4; length bonus 0 or 1), in parallel
-processes, and keeps the best without the LM and the best with it; the LM is used by default only
+grid (beam 4; CTC weight 0.3 or 0.5; LM weight 0 or 0.4; scores normalised by length, or not
+normalised with a length bonus of 0.5 a token: with normalisation on, a constant bonus per token
+changes no ranking), in parallel processes, and keeps the best without the LM and the best with it; the LM is used by default only
 when it lowers the valid WER. ``--limit N`` decodes only the first N utterances of each manifest
 (run.sh's figures were measured so on a contended machine; see the README). ``report`` adds, for
 each test split, the OOV rate against the training text (``text.txt``) and the error rate of
@@ -28,7 +29,8 @@ from pathlib import Path
 BEAM = 4
 CTC_WEIGHTS = (0.3, 0.5)
 LM_WEIGHTS = (0.4,)
-LENGTH_BONUSES = (0.0, 1.0)
+# (length_penalty, length_bonus): normalise by length, or reward length with a bonus instead
+LENGTH_SCORING = ((1.0, 0.0), (0.0, 0.5))
 TEST_SPLITS = ("test", "test_other")
 
 
@@ -119,15 +121,16 @@ def _decode_star(arguments):
 
 def tune(pool, valid: Path, lm: str | None, limit: int | None) -> dict:
     """Every setting of the grid decoded on ``valid`` (in parallel by ``pool``); the best without and with the LM."""
-    grid = [{"beam_size": BEAM, "ctc_weight": ctc, "lm_weight": weight, "length_bonus": bonus}
-            for ctc in CTC_WEIGHTS for weight in ((0.0,) + LM_WEIGHTS if lm else (0.0,)) for bonus in LENGTH_BONUSES]
+    grid = [{"beam_size": BEAM, "ctc_weight": ctc, "lm_weight": weight, "length_penalty": penalty, "length_bonus": bonus}
+            for ctc in CTC_WEIGHTS for weight in ((0.0,) + LM_WEIGHTS if lm else (0.0,))
+            for penalty, bonus in LENGTH_SCORING]
     results = pool.map(_decode_star, [(valid, settings, lm, limit) for settings in grid])
     tried = []
     for settings, (metrics, _, _) in zip(grid, results):
         tried.append({**settings, "wer": metrics["wer"], "cer": metrics["cer"], "utterances": metrics["examples"]})
         print(f"valid {settings}: WER {metrics['wer']:.2f} %  CER {metrics['cer']:.2f} %", flush=True)
     without = min((r for r in tried if r["lm_weight"] == 0), key=lambda r: r["wer"])
-    keys = ("beam_size", "ctc_weight", "lm_weight", "length_bonus")
+    keys = ("beam_size", "ctc_weight", "lm_weight", "length_penalty", "length_bonus")
     result = {"without_lm": {k: without[k] for k in keys}, "valid_wer_without_lm": without["wer"], "tried": tried}
     if lm:
         with_lm = min((r for r in tried if r["lm_weight"] > 0), key=lambda r: r["wer"])
@@ -184,7 +187,7 @@ def main(argv=None) -> None:
         decoding = json.loads(arguments.decoding.read_text())
         settings = decoding["with_lm"] if decoding.get("use_lm") and arguments.lm else decoding["without_lm"]
         flags = [f"--beam-size={settings['beam_size']}", f"--ctc-weight={settings['ctc_weight']}",
-                 f"--length-bonus={settings['length_bonus']}"]
+                 f"--length-penalty={settings.get('length_penalty', 1.0)}", f"--length-bonus={settings['length_bonus']}"]
         if settings["lm_weight"] > 0:
             flags += [f"--lm={arguments.lm}", f"--lm-weight={settings['lm_weight']}"]
         print(" ".join(flags))
