@@ -15,6 +15,7 @@ length ** length_penalty``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -113,11 +114,14 @@ def _bad_endings(tokenizer, endings, device) -> list[tuple[torch.Tensor, bool]]:
     return [(torch.tensor(ids, dtype=torch.long, device=device), whole) for ids, whole in patterns if ids]
 
 
-def _filter(log_probs, steps: int, limits, tokens, options: DecodingOptions, eos: int, bad_endings=()):
+def _filter(log_probs, steps: int, limits, tokens, options: DecodingOptions, eos: int, bad_endings=(),
+            shortest: int = 0):
     """Apply the logit filters in place to ``log_probs (rows, vocab)`` before choosing a token.
 
     ``steps``: tokens generated so far; ``limits (rows,)``; ``tokens (rows, steps)`` so far;
-    ``bad_endings``: patterns from :func:`_bad_endings` that may not precede ``</s>``.
+    ``bad_endings``: patterns from :func:`_bad_endings` that may not precede ``</s>``;
+    ``shortest``: no row's limit is below it (the caller's bound, so that the steps before any row
+    can reach its limit skip that check).
     """
     if steps < options.min_length:
         log_probs[:, eos] = NEG_INF
@@ -136,6 +140,8 @@ def _filter(log_probs, steps: int, limits, tokens, options: DecodingOptions, eos
         log_probs.masked_fill_(banned, NEG_INF)
     # At its length limit a row must end: ``</s>`` is appended at no cost (as ESPnet does), so a
     # cut-off hypothesis is scored by what it generated.
+    if steps + 1 < shortest:
+        return log_probs
     at_limit = (steps + 1 >= limits)[:, None]
     ended = torch.full_like(log_probs[:1], NEG_INF)
     ended[:, eos] = 0.0
@@ -144,11 +150,18 @@ def _filter(log_probs, steps: int, limits, tokens, options: DecodingOptions, eos
 
 
 def _suppress(log_probs: torch.Tensor, tokenizer) -> torch.Tensor:
-    """Special and prompt tokens are never generated; ``</s>`` is the only one allowed."""
-    eos_log_prob = log_probs[:, tokenizer.eos_id].clone()
-    log_probs[:, : len(tokenizer.special_tokens)] = NEG_INF
-    log_probs[:, tokenizer.eos_id] = eos_log_prob
-    return log_probs
+    """Special and prompt tokens are never generated; ``</s>`` is the only one allowed (one
+    in-place add of a mask made once per vocabulary and device)."""
+    return log_probs.add_(_special_mask(len(tokenizer.special_tokens), tokenizer.eos_id, log_probs.shape[-1],
+                                        log_probs.device, log_probs.dtype))
+
+
+@functools.lru_cache(maxsize=16)
+def _special_mask(specials: int, eos: int, vocab: int, device, dtype) -> torch.Tensor:
+    mask = torch.zeros(vocab, device=device, dtype=dtype)
+    mask[:specials] = NEG_INF
+    mask[eos] = 0.0
+    return mask
 
 
 def _prefix(model, prompt, device) -> torch.Tensor:
@@ -272,22 +285,29 @@ def greedy_search(model, memory, memory_mask, prompt: list[int] = (), options: D
     cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     out = torch.full((batch, max_new), eos, dtype=torch.long, device=device)
     totals = torch.zeros(batch, device=device)
-    alive = torch.arange(batch, device=device)
+    alive = None  # the inputs still running, once some have ended (None: all of them)
+    shortest = int(limits.min())
     tokens = out[:, :0]
     for step in range(max_new):
         log_probs = _suppress(logits.float().log_softmax(-1), model.tokenizer)
-        log_probs = _filter(log_probs, step, limits[alive], tokens, options, eos, bad_endings)
+        log_probs = _filter(log_probs, step, limits if alive is None else limits[alive], tokens, options, eos,
+                            bad_endings, shortest)
         best, token = log_probs.max(-1)
-        totals[alive] += best
-        out[alive, step] = token
+        if alive is None:
+            totals += best
+            out[:, step] = token
+        else:
+            totals[alive] += best
+            out[alive, step] = token
         tokens = torch.cat([tokens, token[:, None]], 1)
         done = token == eos
         finished = int(done.sum())  # the step's one host synchronisation
-        if finished == len(alive):
+        if finished == len(token):
             break
         if finished:
             keep = (~done).nonzero().squeeze(1)
-            alive, tokens, token, cache = alive[keep], tokens[keep], token[keep], cache.select(keep)
+            alive = keep if alive is None else alive[keep]
+            tokens, token, cache = tokens[keep], token[keep], cache.select(keep)
         logits = model.decoder.step(token[:, None], cache)[:, -1]
     shown = _visible(model, prompt)
     return [_hypothesis(row, total, eos, options, shown) for row, total in zip(out.tolist(), totals.tolist())]
@@ -343,7 +363,7 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     pairs = fused_scorers(model, options, ctc_log_probs, lm, scorers)
     shown = _visible(model, prompt)
     limits = _limits(memory_mask, options, _room(model, prefixes, shown, pairs))
-    max_new = int(limits.max())
+    max_new, shortest = int(limits.max()), int(limits.min())
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
     cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     cache, logits = _share(cache, beam), logits.repeat_interleave(beam, 0)
@@ -366,7 +386,7 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
         inputs = alive.shape[0]
         log_probs = _suppress(logits.float().log_softmax(-1), model.tokenizer)
         log_probs = _filter(fusion.full(log_probs, tokens), step, limits[alive].repeat_interleave(beam), tokens,
-                            options, eos, bad_endings)
+                            options, eos, bad_endings, shortest)
         if fusion.partial:
             # Candidate scorers (CTC) score only each row's best candidates, all rows at once;
             # ``</s>`` is always one of them, so a hypothesis that CTC cannot extend can still end.
