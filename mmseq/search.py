@@ -285,29 +285,23 @@ def greedy_search(model, memory, memory_mask, prompt: list[int] = (), options: D
     cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     out = torch.full((batch, max_new), eos, dtype=torch.long, device=device)
     totals = torch.zeros(batch, device=device)
-    alive = None  # the inputs still running, once some have ended (None: all of them)
+    alive = torch.arange(batch, device=device)
     shortest = int(limits.min())
     tokens = out[:, :0]
     for step in range(max_new):
         log_probs = _suppress(logits.float().log_softmax(-1), model.tokenizer)
-        log_probs = _filter(log_probs, step, limits if alive is None else limits[alive], tokens, options, eos,
-                            bad_endings, shortest)
+        log_probs = _filter(log_probs, step, limits[alive], tokens, options, eos, bad_endings, shortest)
         best, token = log_probs.max(-1)
-        if alive is None:
-            totals += best
-            out[:, step] = token
-        else:
-            totals[alive] += best
-            out[alive, step] = token
+        totals[alive] += best
+        out[alive, step] = token
         tokens = torch.cat([tokens, token[:, None]], 1)
         done = token == eos
         finished = int(done.sum())  # the step's one host synchronisation
-        if finished == len(token):
+        if finished == len(alive):
             break
         if finished:
             keep = (~done).nonzero().squeeze(1)
-            alive = keep if alive is None else alive[keep]
-            tokens, token, cache = tokens[keep], token[keep], cache.select(keep)
+            alive, tokens, token, cache = alive[keep], tokens[keep], token[keep], cache.select(keep)
         logits = model.decoder.step(token[:, None], cache)[:, -1]
     shown = _visible(model, prompt)
     return [_hypothesis(row, total, eos, options, shown) for row, total in zip(out.tolist(), totals.tolist())]

@@ -9,9 +9,9 @@
 ``tune`` sees only the manifest it is given (the valid split): it decodes every setting of a small
 grid (beam 4; CTC weight 0.3 or 0.5; LM weight 0 or 0.4; scores normalised by length, or not
 normalised with a length bonus of 0.5 a token: with normalisation on, a constant bonus per token
-changes no ranking), in parallel processes, and keeps the best without the LM and the best with it; the LM is used by default only
-when it lowers the valid WER. ``--limit N`` decodes only the first N utterances of each manifest
-(run.sh's figures were measured so on a contended machine; see the README). ``report`` adds, for
+changes no ranking), in parallel processes, and keeps the best without the LM and the best with
+it; the LM is used by default only when it lowers the valid WER. ``--limit N`` decodes only the
+first N utterances of each manifest (run.sh does; see the README). ``report`` adds, for
 each test split, the OOV rate against the training text (``text.txt``) and the error rate of
 in-vocabulary and OOV reference words apart: each reference word counts as an error when the
 alignment substitutes or deletes it, so insertions (which belong to no reference word) are counted
