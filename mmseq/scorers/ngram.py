@@ -27,7 +27,7 @@ from ..ngram import BOS, EOS, LOG10, arpa_word, read_arpa
 from .base import Scorer, text_ids
 from .lm import _vocabulary
 
-CACHED = 200_000  # history vectors kept (a kilobyte each for 256 tokens)
+CACHED = 2 ** 26  # floats of history vectors kept (256 MB): 262,144 histories of a 256-token vocabulary
 WEIGHTS, SETTINGS = "ngram.safetensors", "ngram.json"
 
 
@@ -149,7 +149,7 @@ class NGramLM(Scorer):
             if end > start:
                 vector[torch.from_numpy(keys[start:end] - first).to(self.device)] = \
                     torch.from_numpy(log_probs[start:end]).to(self.device)
-        if len(self._vectors) >= CACHED:
+        if len(self._vectors) * self.base >= CACHED:
             self._vectors.clear()
         self._vectors[history] = vector
         return vector
