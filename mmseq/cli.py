@@ -1,4 +1,4 @@
-"""The ``mmseq`` command: train, eval, transcribe, caption, translate, average, encoders."""
+"""The ``mmseq`` command: train, eval, transcribe, caption, translate, average, export, ngram, encoders."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ctc-weight", type=float, help="joint CTC/attention weight (speech)")
     parser.add_argument("--length-penalty", type=float, help="score / length ** penalty")
     parser.add_argument("--length-bonus", type=float, help="added to the log-probability per output token")
-    parser.add_argument("--lm", metavar="CHECKPOINT", help="language model (task 'lm') for shallow fusion")
+    parser.add_argument("--lm", metavar="CHECKPOINT",
+                        help="language model for shallow fusion: a checkpoint of task 'lm', or an n-gram model "
+                             "(the folder `mmseq ngram` wrote, or an ARPA file)")
     parser.add_argument("--lm-weight", type=float, help="weight of the language model (default 0.3 with --lm)")
     parser.add_argument("--prompt", help="prompt tokens and/or text prefix, e.g. '<|short|> a photo of'")
     parser.add_argument("--context", help="text the output is conditioned on and never includes: the sentence "
@@ -137,6 +139,17 @@ def command_export(args) -> int:
     return 0
 
 
+def command_ngram(args) -> int:
+    import time
+
+    from .ngram import build
+    start = time.perf_counter()
+    sizes = build(args.checkpoint, args.texts, args.out, args.order, args.prune, args.arpa)
+    print(f"wrote {args.out} ({', '.join(f'{v} {k}' for k, v in sizes.items())}) in {time.perf_counter() - start:.0f} s"
+          + (f"; ARPA: {args.arpa}" if args.arpa else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmseq", description="Multimodal sequence-to-sequence learning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for encoder.onnx, decoder_step.onnx and their settings")
     p.add_argument("--task", help="the task to export, for a model that serves several")
     p.set_defaults(run=command_export)
+
+    p = commands.add_parser("ngram", help="count a token n-gram language model (for --lm) with a checkpoint's tokenizer")
+    p.add_argument("checkpoint", help="the checkpoint whose tokenizer the model counts")
+    p.add_argument("texts", nargs="+", help="text files (a sentence a line) or .jsonl manifests (each line's text)")
+    p.add_argument("--out", required=True, help="folder for ngram.safetensors and ngram.json (pass it as --lm)")
+    p.add_argument("--order", type=int, default=4, help="longest n-gram (default 4)")
+    p.add_argument("--prune", type=int, default=1,
+                   help="drop n-grams of the highest order seen fewer times than this (default 1: keep all)")
+    p.add_argument("--arpa", help="also write the model as an ARPA file (KenLM, SRILM)")
+    p.set_defaults(run=command_ngram)
 
     p = commands.add_parser("encoders", help="list the registered encoders, built-in and from plugins")
     p.set_defaults(run=command_encoders)

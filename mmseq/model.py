@@ -243,8 +243,8 @@ class Seq2Seq(nn.Module):
         ``collate`` brings each example's own prompt and context (``prompts``, ``contexts``);
         ``prompt`` adds to them, ``context`` replaces them.
 
-        ``lm``: a :class:`mmseq.lm.LanguageModel` (or its checkpoint folder) fused with weight
-        ``lm_weight``. ``options`` override the checkpoint's :class:`DecodingOptions`
+        ``lm``: a :class:`mmseq.lm.LanguageModel` (or its checkpoint folder) or an n-gram
+        :class:`mmseq.lm.NGramLM` (or its ARPA file) fused with weight ``lm_weight``. ``options`` override the checkpoint's :class:`DecodingOptions`
         (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more ``(scorer, weight)``
         pairs fused with the decoder (:class:`mmseq.scorers.Scorer`).
         """
@@ -257,8 +257,8 @@ class Seq2Seq(nn.Module):
         if context is not None:
             contexts = _per_input(context, count, "context", route.task.context_ids, words=True)
         if isinstance(lm, (str, os.PathLike)):
-            from .lm import LanguageModel
-            lm = LanguageModel.cached(lm, self.device)
+            from .lm import load_lm
+            lm = load_lm(lm, self.tokenizer, self.device)
         if lm is not None and options.lm_weight > 0:
             lm.check_tokenizer(self.tokenizer)
         else:

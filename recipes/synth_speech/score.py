@@ -1,13 +1,13 @@
 """Choose decoding settings on the valid split, then score the test splits with and without the LM.
 
     python recipes/synth_speech/score.py tune exp/synth_speech/best data/synth_speech/valid.jsonl \
-        --lm exp/synth_speech_lm/best --out exp/synth_speech/decoding.json
+        --lm exp/synth_speech_ngram --out exp/synth_speech/decoding.json
     python recipes/synth_speech/score.py report exp/synth_speech/best data/synth_speech \
-        --decoding exp/synth_speech/decoding.json --lm exp/synth_speech_lm/best --out exp/synth_speech/report.json
-    python recipes/synth_speech/score.py flags exp/synth_speech/decoding.json --lm exp/synth_speech_lm/best
+        --decoding exp/synth_speech/decoding.json --lm exp/synth_speech_ngram --out exp/synth_speech/report.json
+    python recipes/synth_speech/score.py flags exp/synth_speech/decoding.json --lm exp/synth_speech_ngram
 
 ``tune`` sees only the manifest it is given (the valid split): it decodes every setting of a small
-grid (beam 4; CTC weight 0.3 or 0.5; LM weight 0 or 0.4; scores normalised by length, or not
+grid (beam 4; CTC weight 0.3 or 0.5; LM weight 0, 0.3 or 0.5; scores normalised by length, or not
 normalised with a length bonus of 0.5 a token: with normalisation on, a constant bonus per token
 changes no ranking), in parallel processes, and keeps the best without the LM and the best with
 it; the LM is used by default only when it lowers the valid WER. ``--limit N`` decodes only the
@@ -28,7 +28,7 @@ from pathlib import Path
 
 BEAM = 4
 CTC_WEIGHTS = (0.3, 0.5)
-LM_WEIGHTS = (0.4,)
+LM_WEIGHTS = (0.3, 0.5)
 # (length_penalty, length_bonus): normalise by length, or reward length with a bonus instead
 LENGTH_SCORING = ((1.0, 0.0), (0.0, 0.5))
 TEST_SPLITS = ("test", "test_other")
@@ -177,7 +177,7 @@ def main(argv=None) -> None:
     flags_parser = commands.add_parser("flags", help="print the chosen settings as `mmseq transcribe` options")
     flags_parser.add_argument("decoding", type=Path)
     for sub in (tune_parser, report_parser, flags_parser):
-        sub.add_argument("--lm", help="language model checkpoint folder")
+        sub.add_argument("--lm", help="language model: an n-gram model folder (mmseq ngram) or an lm checkpoint")
     for sub in (tune_parser, report_parser):
         sub.add_argument("--out", type=Path, required=True, help="JSON file to write")
         sub.add_argument("--limit", type=int, help="decode only the first LIMIT utterances of each manifest")
