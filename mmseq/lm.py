@@ -4,8 +4,8 @@ A neural language model is trained by the shared trainer as task ``"lm"`` (:mod:
 text manifests, each line's ``text``) with the ``"null"`` encoder (:mod:`mmseq.encoders.null`): the
 ordinary text decoder over one constant frame, a decoder-only Transformer LM. Train it with the
 recipe's tokenizer (so that its ids match the speech model's), e.g.
-``mmseq train recipes/synth_speech/lm.yaml``. A token n-gram model is counted in a minute instead
-(``mmseq ngram``, :mod:`mmseq.ngram`) and kept in an ARPA file. Their fusion scorers,
+``mmseq train recipes/synth_speech/lm.yaml``. A token n-gram model is counted in minutes instead
+(``mmseq ngram``, :mod:`mmseq.ngram`) and kept in a folder of safetensors arrays (or an ARPA file). Their fusion scorers,
 :class:`LanguageModel` and :class:`NGramLM`, live with the other scorers in :mod:`mmseq.scorers`.
 """
 

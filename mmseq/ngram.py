@@ -1,5 +1,6 @@
-"""Token n-gram language models: counted from text in a minute, kept in ARPA files (the format of
-KenLM and SRILM), fused in beam search by :class:`mmseq.scorers.NGramLM`.
+"""Token n-gram language models: counted from text in minutes, written and read as ARPA files (the
+format of KenLM and SRILM), fused in beam search by :class:`mmseq.scorers.NGramLM` (which also
+saves them as safetensors arrays, the fast way to load).
 
     mmseq ngram exp/synth_speech/best data/synth_speech/lm.jsonl --order 4 --prune 2 --out exp/synth_speech_ngram
 
