@@ -244,8 +244,8 @@ class Seq2Seq(nn.Module):
         ``prompt`` adds to them, ``context`` replaces them.
 
         ``lm``: a :class:`mmseq.lm.LanguageModel` (or its checkpoint folder) or an n-gram
-        :class:`mmseq.lm.NGramLM` (or its ARPA file) fused with weight ``lm_weight``. ``options`` override the checkpoint's :class:`DecodingOptions`
-        (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more ``(scorer, weight)``
+        :class:`mmseq.lm.NGramLM` (or its folder or ARPA file) fused with weight ``lm_weight``.
+        ``options`` override the checkpoint's :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more ``(scorer, weight)``
         pairs fused with the decoder (:class:`mmseq.scorers.Scorer`).
         """
         route = self.route(batch.get("task"))

@@ -155,16 +155,12 @@ def read_arpa(path: str | os.PathLike) -> list[dict[tuple, tuple[float, float | 
 def train_ngram(tokenizer, texts: Iterable[str], order: int = 4, prune: int = 1) -> list[dict]:
     """A Kneser-Ney model of order ``order`` over ``tokenizer``'s tokens of ``texts`` (see
     :func:`kneser_ney` for ``prune``)."""
-    pieces = _pieces(tokenizer)
+    from .scorers.lm import _vocabulary
+
+    pieces = _vocabulary(tokenizer)
     specials = len(tokenizer.special_tokens)
     sentences = ([pieces[i] for i in tokenizer.encode(text)] for text in texts)
     return kneser_ney(count_ngrams(sentences, order), pieces[specials:], prune)
-
-
-def _pieces(tokenizer) -> list[str]:
-    from .scorers.lm import _vocabulary
-
-    return _vocabulary(tokenizer)
 
 
 def read_texts(paths: Iterable[str | os.PathLike]) -> Iterable[str]:

@@ -102,20 +102,21 @@ class NGramLM(Scorer):
         return _load_cached(os.path.abspath(path), tokenizer, str(device) if device is not None else None)
 
     def save(self, folder: str | os.PathLike) -> None:
+        """The folder of ``ngram.safetensors`` and ``ngram.json``, swapped into place whole."""
         from safetensors.numpy import save_file
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        from ..checkpoint import write_folder
+
         arrays = {}
         for n, (keys, log_probs, backoffs) in enumerate(self.tables, 1):
             arrays.update({f"keys.{n}": keys, f"log_probs.{n}": log_probs, f"backoffs.{n}": backoffs})
-        for name, write in ((WEIGHTS, lambda p: save_file(arrays, str(p))),
-                            (SETTINGS, lambda p: p.write_text(json.dumps(
-                                {"order": self.order, "ngrams": [len(t[0]) for t in self.tables],
-                                 "tokens": self.tokens}, ensure_ascii=False)))):
-            temporary = folder / (name + ".tmp")
-            write(temporary)
-            os.replace(temporary, folder / name)
+        settings = {"order": self.order, "ngrams": [len(t[0]) for t in self.tables], "tokens": self.tokens}
+
+        def write(tmp: Path) -> None:
+            save_file(arrays, str(tmp / WEIGHTS))
+            (tmp / SETTINGS).write_text(json.dumps(settings, ensure_ascii=False))
+
+        write_folder(folder, write)
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raise :class:`ConfigError` unless ``tokenizer`` has exactly this model's tokens."""
