@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 # A wide beam is what lets the LM help: on the demo's valid split with the 6-gram, WER 18.5 % at beam 4,
-# 15.0 at 8 and 12.8 at 16 (LM 0.6 to 0.8); the LM weights are the best of 0.4 to 0.8 there.
+# 15.0 at 8 and 12.8 at 16; 0.6 and 0.8 were the best LM weights of 0.4 to 0.8 there.
 BEAMS = (8, 16)
 CTC_WEIGHTS = (0.3, 0.5)
 LM_WEIGHTS = (0.6, 0.8)
