@@ -109,7 +109,7 @@ TRAINER = {
     "precision": Choice("auto", "fp32", "bf16", "fp16"), "seed": Int(0, 2**63 - 1), "compile": BOOL,
     "keep_best": Int(0, 1_000_000), "keep_last": Int(1, 1_000_000), "val_beam_size": Int(1, MAX_BEAM),
     "checkpoint_every": Int(0), "log_every": Int(1), "nonfinite_limit": Int(1), "ema": Float(0, 1),
-    "activation_checkpointing": BOOL, "fsdp": BOOL,
+    "activation_checkpointing": BOOL, "fsdp": BOOL, "encoder_lr_scale": Float(0, 100),
 }
 DATA = {
     "batch_size": Float(0, None, True), "max_batch_examples": Int(1, None, optional=True),
@@ -137,6 +137,10 @@ def check_decoding(options, prefix: str = "decoding", source: str = "") -> None:
     if not isinstance(endings, list) or not all(isinstance(e, (int, str)) and not isinstance(e, bool) for e in endings):
         raise ConfigError(f"{source + ': ' if source else ''}{prefix}.bad_endings={endings!r}: must be a list of "
                           "words or token ids")
+    for name in ("suppress_tokens", "suppress_at_start"):
+        ids = values.get(name, [])
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise ConfigError(f"{source + ': ' if source else ''}{prefix}.{name}: must be a list of token ids")
 
 
 def check_model(model, prefix: str = "model", source: str = "") -> None:

@@ -1,4 +1,4 @@
-"""The ``mmseq`` command: train, eval, transcribe, caption, translate, average, export, ngram, encoders."""
+"""The ``mmseq`` command: train, eval, transcribe, caption, translate, average, export, ngram, import, encoders."""
 
 from __future__ import annotations
 
@@ -150,6 +150,18 @@ def command_ngram(args) -> int:
     return 0
 
 
+def command_import(args) -> int:
+    import time
+
+    from .importers.whisper import import_whisper
+    start = time.perf_counter()
+    model = import_whisper(args.source, args.out, args.tokenizer, args.real_length, args.language)
+    sizes = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out} (whisper, {sizes / 1e6:.1f} M parameters, from {model.training_record['imported']['from']}) "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmseq", description="Multimodal sequence-to-sequence learning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop n-grams of the highest order seen fewer times than this (default 1: keep all)")
     p.add_argument("--arpa", help="also write the model as an ARPA file (KenLM, SRILM)")
     p.set_defaults(run=command_ngram)
+
+    p = commands.add_parser("import", help="turn a pretrained model of the field into an mmseq checkpoint folder")
+    p.add_argument("kind", choices=["whisper"], help="what the model is")
+    p.add_argument("source", help="a CTranslate2 folder (faster-whisper's), an openai-whisper .pt file, or a "
+                                  "transformers folder")
+    p.add_argument("out", help="the checkpoint folder to write")
+    p.add_argument("--tokenizer", help="a tokenizer.json (or a folder holding one), for a source without one")
+    p.add_argument("--language", default="en", help="the language token of the route's prompt (default en)")
+    p.add_argument("--real-length", action="store_true",
+                   help="run each input on its own length instead of padding it to 30 s (faster on short clips)")
+    p.set_defaults(run=command_import)
 
     p = commands.add_parser("encoders", help="list the registered encoders, built-in and from plugins")
     p.set_defaults(run=command_encoders)

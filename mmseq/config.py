@@ -72,6 +72,8 @@ class TrainerConfig:
     ema: float = 0.0  # decay of a moving average of the weights (e.g. 0.999; 0: off), saved and validated
     activation_checkpointing: bool = False  # recompute each encoder/decoder layer in backward: less memory
     fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
+    init_from: str | None = None  # a checkpoint folder a fresh run starts from: its weights, tokenizer and settings (fine-tuning)
+    encoder_lr_scale: float = 1.0  # the encoders' learning rate as a share of ``lr`` (below 1 for a pretrained encoder)
 
     def check(self, source: str = "") -> "TrainerConfig":
         """Every setting in its range (see :data:`mmseq.checks.TRAINER`), and the device known."""

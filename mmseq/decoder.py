@@ -26,6 +26,8 @@ class DecoderConfig:
     dropout: float = 0.1
     max_length: int = 512  # longest token sequence, prompt included (learned positions)
     memory_dim: int | None = None  # encoder width when it differs from ``dim`` (projected)
+    scale_embedding: bool = True  # token vectors times sqrt(dim) (Vaswani et al.); Whisper's are not scaled
+    alignment_heads: list | None = None  # [layer, head] pairs whose cross-attention follows the audio (Whisper's)
 
 
 @dataclass
@@ -208,14 +210,15 @@ class TextDecoder(nn.Module):
         if offsets is not None:
             positions = (positions[None] - offsets[:, None]).clamp(min=0)
         vocab = self.embed.num_embeddings
+        scale = self.config.dim ** 0.5 if self.config.scale_embedding else 1.0
         if self.soft_prompt is None:
-            return self.dropout(self.embed(tokens) * self.config.dim ** 0.5 + self.positions(positions))
+            return self.dropout(self.embed(tokens) * scale + self.positions(positions))
         soft = tokens >= vocab
         vectors = torch.where(soft[..., None], self.soft_prompt[(tokens - vocab).clamp(0, len(self.soft_prompt) - 1)],
                               self.embed(tokens.masked_fill(soft, 0)))
         positions = (positions - soft_before - soft.cumsum(1)).clamp(min=0)
         placed = self.positions(positions).masked_fill(soft[..., None], 0.0)
-        return self.dropout(vectors * self.config.dim ** 0.5 + placed)
+        return self.dropout(vectors * scale + placed)
 
     def add_soft_prompt(self, count: int, deep: bool = False) -> list[int]:
         """``count`` new trainable vectors (a soft prompt, placed in a prompt by their ids, which
@@ -230,7 +233,7 @@ class TextDecoder(nn.Module):
         picked = self.embed.weight.data[torch.randint(0, vocab, (count,), generator=torch.Generator().manual_seed(count))]
         self.soft_prompt = nn.Parameter(torch.cat([old, picked.clone()]))
         if deep:  # a layer's input is of the embedding's scale (times sqrt(dim), see _embed)
-            layers = picked[None].repeat(max(len(self.layers) - 1, 0), 1, 1) * dim ** 0.5
+            layers = picked[None].repeat(max(len(self.layers) - 1, 0), 1, 1) * (dim ** 0.5 if self.config.scale_embedding else 1.0)
             before = self.deep_prompt.data if self.deep_prompt is not None else layers[:, :0]
             self.deep_prompt = nn.Parameter(torch.cat([before, layers], 1))
         return list(range(vocab + len(old), vocab + len(old) + count))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .scorers.lm import LanguageModel, _vocabulary  # noqa: F401
+from .scorers.lm import LanguageModel  # noqa: F401
 from .scorers.ngram import NGramLM
 
 

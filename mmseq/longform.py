@@ -94,12 +94,9 @@ def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions,
     path, blank_log_prob = torch.cat(paths), torch.cat(blank_log_probs)
     # Word boundaries: blanks after a space character (the blanks before it are still the word's
     # tail), or before a sentencepiece piece that starts a word ("▁...").
-    specials = len(tokenizer.special_tokens)
-    vocabulary = [tokenizer.decode([i]) if i >= specials else "" for i in range(tokenizer.vocab_size)]
+    vocabulary = [tokenizer.decode([i]) if i not in tokenizer.special_ids else "" for i in range(tokenizer.vocab_size)]
     ends_word = [text.endswith(" ") for text in vocabulary]
-    starts_word = [False] * tokenizer.vocab_size
-    if hasattr(tokenizer, "processor"):
-        starts_word = [tokenizer.processor.id_to_piece(i).startswith("▁") for i in range(tokenizer.vocab_size)]
+    starts_word = [piece.startswith("▁") for piece in tokenizer.pieces()]
     frames_per_second = len(path) / (len(waveform) / sample_rate)
     to_hop = 1.0 / (frames_per_second * HOP_SECONDS)
     blank = path == tokenizer.pad_id
@@ -228,7 +225,7 @@ def continuation_prompt(tokenizer, prompt) -> list[int]:
     """The prompt of every window after the first: its task and control tokens, not its text
     prefix (which the first window's text already starts with)."""
     ids = tokenizer.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt or [])
-    return [i for i in ids if i < len(tokenizer.special_tokens)]
+    return [i for i in ids if i in tokenizer.special_ids]
 
 
 def decode_windows(recordings: list, plans: list[list[Window]], prompts: list, later_prompts: list, decode,

@@ -252,7 +252,8 @@ class Seq2Seq(nn.Module):
         options = DecodingOptions(**{**asdict(self.decoding), **route.decoding, **options}).check()
         count = batch["inputs"].shape[0]
         extra = _per_input(prompt, count, "prompt", self.tokenizer.encode_prompt)
-        prompts = [route.task.prompt() + list(own) + more for own, more in zip(batch.get("prompts") or [[]] * count, extra)]
+        prompts = [self.tokenizer.merge_prompt(route.task.prompt(), list(own) + more)
+                   for own, more in zip(batch.get("prompts") or [[]] * count, extra)]
         contexts = batch.get("contexts") or [[]] * count
         if context is not None:
             contexts = _per_input(context, count, "context", route.task.context_ids, words=True)

@@ -155,12 +155,10 @@ def read_arpa(path: str | os.PathLike) -> list[dict[tuple, tuple[float, float | 
 def train_ngram(tokenizer, texts: Iterable[str], order: int = 4, prune: int = 1) -> list[dict]:
     """A Kneser-Ney model of order ``order`` over ``tokenizer``'s tokens of ``texts`` (see
     :func:`kneser_ney` for ``prune``)."""
-    from .scorers.lm import _vocabulary
-
-    pieces = _vocabulary(tokenizer)
-    specials = len(tokenizer.special_tokens)
+    pieces = tokenizer.pieces()
     sentences = ([pieces[i] for i in tokenizer.encode(text)] for text in texts)
-    return kneser_ney(count_ngrams(sentences, order), pieces[specials:], prune)
+    ordinary = [piece for i, piece in enumerate(pieces) if i not in tokenizer.special_ids]
+    return kneser_ney(count_ngrams(sentences, order), ordinary, prune)
 
 
 def read_texts(paths: Iterable[str | os.PathLike]) -> Iterable[str]:

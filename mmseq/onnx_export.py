@@ -208,7 +208,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, task: str | None = None
         "task": task_name, "modality": getattr(encoder_graph.encoder, "modality", None),
         "sample_rate": getattr(encoder_graph.encoder, "sample_rate", None),
         "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
-        "special_tokens": len(tokenizer.special_tokens), "prompt": route.task.prompt(),
+        "special_ids": [tokenizer.special_ids.start, tokenizer.special_ids.stop], "prompt": route.task.prompt(),
         "decoder": {"layers": config.layers, "heads": config.heads, "head_dim": config.dim // config.heads,
                     "max_length": config.max_length},
         "decoding": {**asdict(model.decoding), **route.decoding}, "has_ctc": encoder_graph.ctc_head is not None,

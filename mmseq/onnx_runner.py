@@ -129,7 +129,8 @@ class OnnxModel:
     def _filter(self, log_probs: np.ndarray, steps: int, limits: np.ndarray, options: dict) -> np.ndarray:
         eos = self.eos
         keep = log_probs[:, eos].copy()
-        log_probs[:, : self.settings["special_tokens"]] = NEG_INF  # never generated, but </s>
+        start, stop = self.settings.get("special_ids") or (0, self.settings["special_tokens"])  # (older exports)
+        log_probs[:, start:stop] = NEG_INF  # never generated, but </s>
         log_probs[:, eos] = keep
         if steps < options["min_length"]:
             log_probs[:, eos] = NEG_INF

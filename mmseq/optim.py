@@ -12,11 +12,20 @@ from .errors import ConfigError
 
 
 def make_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on biases, norms, or embeddings' positions)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = all(p.is_cuda for p in params)
+    """AdamW with weight decay on matrices only (not on biases, norms, or embeddings' positions);
+    the encoders' weights at ``encoder_lr_scale`` times the learning rate (a pretrained encoder
+    fine-tuned more gently than the rest)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    scale = getattr(config, "encoder_lr_scale", 1.0)
+    groups = []
+    for encoder in (False, True):
+        part = [p for name, p in named if (".encoders." in f".{name}") == encoder]
+        lr = config.lr * (scale if encoder else 1.0)
+        groups += [{"params": [p for p in part if p.dim() >= 2], "weight_decay": config.weight_decay, "lr": lr},
+                   {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
+    groups = [group for group in groups if group["params"]]
+    params = [p for _, p in named]
+    fused = bool(params) and all(p.is_cuda for p in params)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-9 if fused else 1e-8, fused=fused)
 
 

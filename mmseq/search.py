@@ -15,7 +15,6 @@ length ** length_penalty``.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -44,6 +43,8 @@ class DecodingOptions:
     bad_endings: list[int | str] = field(default_factory=list)  # words ("a", "the") or token ids that may not precede ``</s>``
     temperature: float = 1.0  # sampling only
     top_k: int = 0  # sampling only (0: whole vocabulary)
+    suppress_tokens: list[int] = field(default_factory=list)  # ids never generated (Whisper's non-speech symbols)
+    suppress_at_start: list[int] = field(default_factory=list)  # ids never generated first (Whisper's blank and </s>)
 
     def check(self) -> "DecodingOptions":
         """Raise :class:`ConfigError` on settings that cannot work; returns itself."""
@@ -149,19 +150,22 @@ def _filter(log_probs, steps: int, limits, tokens, options: DecodingOptions, eos
     return log_probs
 
 
-def _suppress(log_probs: torch.Tensor, tokenizer) -> torch.Tensor:
-    """Special and prompt tokens are never generated; ``</s>`` is the only one allowed (one
-    in-place add of a mask made once per vocabulary and device)."""
-    return log_probs.add_(_special_mask(len(tokenizer.special_tokens), tokenizer.eos_id, log_probs.shape[-1],
-                                        log_probs.device, log_probs.dtype))
+class _Suppress:
+    """Tokens never generated: the tokenizer's special and prompt tokens (``</s>`` is the only one
+    allowed) and ``options.suppress_tokens``; at the first step also ``options.suppress_at_start``.
+    One in-place add of a mask made once per search."""
 
+    def __init__(self, tokenizer, options: DecodingOptions, vocab: int, device):
+        self.mask = torch.zeros(vocab, device=device)
+        specials = tokenizer.special_ids
+        self.mask[specials.start:specials.stop] = NEG_INF
+        self.mask[tokenizer.eos_id] = 0.0
+        self.mask[[i for i in options.suppress_tokens if 0 <= i < vocab]] = NEG_INF
+        self.first = self.mask.clone()
+        self.first[[i for i in options.suppress_at_start if 0 <= i < vocab]] = NEG_INF
 
-@functools.lru_cache(maxsize=16)
-def _special_mask(specials: int, eos: int, vocab: int, device, dtype) -> torch.Tensor:
-    mask = torch.zeros(vocab, device=device, dtype=dtype)
-    mask[:specials] = NEG_INF
-    mask[eos] = 0.0
-    return mask
+    def apply(self, log_probs: torch.Tensor, step: int) -> torch.Tensor:
+        return log_probs.add_(self.first if step == 0 else self.mask)
 
 
 def _prefix(model, prompt, device) -> torch.Tensor:
@@ -283,13 +287,14 @@ def greedy_search(model, memory, memory_mask, prompt: list[int] = (), options: D
     max_new = int(limits.max())
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
     cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
+    suppress = _Suppress(model.tokenizer, options, logits.shape[-1], device)
     out = torch.full((batch, max_new), eos, dtype=torch.long, device=device)
     totals = torch.zeros(batch, device=device)
     alive = torch.arange(batch, device=device)
     shortest = int(limits.min())
     tokens = out[:, :0]
     for step in range(max_new):
-        log_probs = _suppress(logits.float().log_softmax(-1), model.tokenizer)
+        log_probs = suppress.apply(logits.float().log_softmax(-1), step)
         log_probs = _filter(log_probs, step, limits[alive], tokens, options, eos, bad_endings, shortest)
         best, token = log_probs.max(-1)
         totals[alive] += best
@@ -361,6 +366,7 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
     cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     cache, logits = _share(cache, beam), logits.repeat_interleave(beam, 0)
+    suppress = _Suppress(model.tokenizer, options, logits.shape[-1], device)
     fusion = _Fused(pairs, shown, memory_mask, beam, max_new)
     candidates_per_row = None
     if fusion.partial:
@@ -378,7 +384,7 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     pool_tokens = torch.full((batch, beam, max_new), eos, dtype=torch.long, device=device)
     for step in range(max_new):
         inputs = alive.shape[0]
-        log_probs = _suppress(logits.float().log_softmax(-1), model.tokenizer)
+        log_probs = suppress.apply(logits.float().log_softmax(-1), step)
         log_probs = _filter(fusion.full(log_probs, tokens), step, limits[alive].repeat_interleave(beam), tokens,
                             options, eos, bad_endings, shortest)
         if fusion.partial:
@@ -476,10 +482,11 @@ def sample(model, memory, memory_mask, prompt: list[int] = (), options: Decoding
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, memory.device)
     cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     cache, logits = _share(cache, count), logits.repeat_interleave(count, 0)
+    suppress = _Suppress(model.tokenizer, options, logits.shape[-1], memory.device)
     tokens = torch.zeros(logits.shape[0], 0, dtype=torch.long, device=memory.device)
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=memory.device)
     for step in range(max_new):
-        log_probs = _suppress((logits.float() / options.temperature).log_softmax(-1), model.tokenizer)
+        log_probs = suppress.apply((logits.float() / options.temperature).log_softmax(-1), step)
         log_probs = _filter(log_probs, step, limits, tokens, options, eos, bad_endings)
         if options.top_k:
             kth = log_probs.topk(options.top_k, -1).values[:, -1:]

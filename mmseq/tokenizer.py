@@ -1,9 +1,12 @@
-"""Tokenizers: characters and sentencepiece, with special, task and control tokens.
+"""Tokenizers: characters, sentencepiece and Hugging Face ``tokenizers`` files, with special, task
+and control tokens.
 
-Every tokenizer reserves the same first ids: ``<pad>`` 0 (also the CTC blank), ``<s>`` 1,
-``</s>`` 2, ``<unk>`` 3, followed by the prompt tokens (task tokens such as ``<|asr|>`` and control
-tokens such as ``<|short|>``), then the ordinary vocabulary. A prompt is just a list of these ids
-that the decoder is forced through before it generates, as Whisper's ``<|transcribe|>`` is.
+The tokenizers mmseq trains reserve the same first ids: ``<pad>`` 0 (also the CTC blank), ``<s>``
+1, ``</s>`` 2, ``<unk>`` 3, followed by the prompt tokens (task tokens such as ``<|asr|>`` and
+control tokens such as ``<|short|>``), then the ordinary vocabulary. A pretrained model's tokenizer
+(:class:`BPETokenizer`: Whisper's) keeps its own ids and names its roles instead. A prompt is just
+a list of these ids that the decoder is forced through before it generates, as Whisper's
+``<|transcribe|>`` is.
 """
 
 from __future__ import annotations
@@ -27,15 +30,21 @@ TASK_TOKENS = ["<|asr|>", "<|caption|>", "<|text|>"]
 
 
 class Tokenizer:
-    """Shared behaviour; subclasses implement ``_encode`` and ``_decode`` over ordinary tokens."""
+    """Shared behaviour; subclasses implement ``_encode`` and ``_decode`` over ordinary tokens.
+
+    ``special_ids``: the ids that are never text (specials and prompt tokens), a range; the search
+    never generates them but ``</s>``. ``context_token``: the marker that opens a context segment
+    (see :meth:`mmseq.tasks.Task.context_ids`)."""
 
     kind = "base"
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+    context_token = "<|context|>"
 
     def __init__(self, prompt_tokens: Iterable[str] = TASK_TOKENS):
         self.prompt_tokens = list(dict.fromkeys(prompt_tokens))
         self.special_tokens = SPECIALS + self.prompt_tokens
         self._special_ids = {token: i for i, token in enumerate(self.special_tokens)}
+        self.special_ids = range(len(self.special_tokens))
 
     @property
     def vocab_size(self) -> int:
@@ -66,9 +75,18 @@ class Tokenizer:
                 break
             if not 0 <= i < self.vocab_size:
                 raise TokenizerError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
-            if i >= len(self.special_tokens):
+            if i not in self.special_ids:
                 kept.append(i)
         return self._decode(kept)
+
+    def pieces(self) -> list[str]:
+        """The string of every id, specials included (what n-gram and language models key on)."""
+        return list(self.special_tokens) + [self._decode([i]) for i in range(len(self.special_tokens), self.vocab_size)]
+
+    def word_starts(self) -> list[bool]:
+        """For every id: does its piece start a new word (a space or sentencepiece's "▁" first)?"""
+        return [i not in self.special_ids and (piece.startswith(("\u2581", " ")) or piece == " ")
+                for i, piece in enumerate(self.pieces())]
 
     def encode_prompt(self, prompt: str | Iterable[str] | None) -> list[int]:
         """A prompt as ids: prompt tokens (``"<|asr|> <|short|>"``) then an optional free text prefix."""
@@ -85,6 +103,10 @@ class Tokenizer:
         if rest:
             ids += self.encode(" ".join(rest))
         return ids
+
+    def merge_prompt(self, base: list[int], more: list[int]) -> list[int]:
+        """A route's prompt ``base`` followed by ``more`` (an example's or a caller's prompt)."""
+        return list(base) + list(more)
 
     def save(self, folder: str | Path) -> None:
         raise NotImplementedError
@@ -115,6 +137,9 @@ class CharTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return len(self.special_tokens) + len(self.vocab)
+
+    def pieces(self) -> list[str]:
+        return list(self.special_tokens) + list(self.vocab)
 
     def _encode(self, text: str) -> list[int]:
         return [self._ids.get(char, self.unk_id) for char in text]
@@ -180,6 +205,9 @@ class SentencePieceTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return self.processor.get_piece_size()
 
+    def pieces(self) -> list[str]:
+        return [self.processor.id_to_piece(i) for i in range(self.vocab_size)]
+
     def _encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
 
@@ -191,6 +219,110 @@ class SentencePieceTokenizer(Tokenizer):
 
     def save(self, folder: str | Path) -> None:
         (Path(folder) / self.file_name).write_bytes(self.model_proto)
+
+
+@TOKENIZERS.register("bpe")
+class BPETokenizer(Tokenizer):
+    """A pretrained model's tokenizer from a Hugging Face ``tokenizers`` file (``tokenizer.json``,
+    byte-level BPE: Whisper's, GPT-2's), keeping the model's own ids.
+
+    ``roles`` name the tokens that play mmseq's parts: ``bos`` (Whisper's
+    ``<|startoftranscript|>``), ``eos`` (``<|endoftext|>``), ``pad`` (a token never generated nor
+    forced) and ``context`` (``<|startofprev|>``, the marker of the previous-text segment). Every id
+    from ``eos`` on is special: languages, tasks, ``<|notimestamps|>``, and the timestamp tokens
+    ``<|0.00|>`` ... that the model's vocabulary (``vocab_size``) holds past the file's last token.
+
+    ``slots`` group the prompt tokens that set one attribute (``{"language": ["<|en|>", ...],
+    "task": ["<|transcribe|>", "<|translate|>"]}``): a prompt's token of a slot replaces the route's
+    token of that slot (see :meth:`merge_prompt`), so ``--prompt "<|fr|> <|translate|>"`` turns
+    ``<|en|> <|transcribe|> <|notimestamps|>`` into ``<|fr|> <|translate|> <|notimestamps|>``.
+    ``prefix_space``: text is encoded with a space before it, as the model writes it after its
+    prompt (Whisper's " Hello"); decoding strips it.
+    """
+
+    kind = "bpe"
+    file_name = "tokenizer.json"
+    unk_id = None  # byte-level: every text has tokens
+
+    def __init__(self, model_file: str | Path, roles: dict, vocab_size: int | None = None,
+                 slots: dict | None = None, prefix_space: bool = True, timestamp_step: float = 0.02):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.model_file, self.roles, self.slots = str(model_file), dict(roles), dict(slots or {})
+        self.prefix_space, self.timestamp_step = prefix_space, timestamp_step
+        self.model_bytes = read_model_file(model_file)
+        try:
+            self.backend = HFTokenizer.from_str(self.model_bytes.decode("utf-8"))
+        except Exception as error:  # tokenizers raises its own Exception type
+            raise TokenizerError(f"{model_file}: not a tokenizers file ({_first_line(error)})") from None
+        known = self.backend.get_vocab_size()
+        self._vocab_size = int(vocab_size or known)
+        missing = [name for name in ("bos", "eos", "pad") if name not in self.roles]
+        if missing:
+            raise TokenizerError(f"tokenizer roles lack {', '.join(missing)} (need bos, eos, pad)")
+        ids = {}
+        for role, token in self.roles.items():
+            ids[role] = self.backend.token_to_id(token)
+            if ids[role] is None:
+                raise TokenizerError(f"{model_file}: no token {token!r} (the {role} role)")
+        self.bos_id, self.eos_id, self.pad_id = ids["bos"], ids["eos"], ids["pad"]
+        self.context_token = self.roles.get("context", Tokenizer.context_token)
+        self.special_ids = range(self.eos_id, self._vocab_size)
+        self.timestamp_begin = known if self._vocab_size > known else None  # <|0.00|>: the first id past the file
+        self._special_ids = {self.backend.id_to_token(i): i for i in range(self.eos_id, known)}
+        if self.timestamp_begin is not None:
+            for i in range(self._vocab_size - known):
+                self._special_ids[f"<|{i * timestamp_step:.2f}|>"] = known + i
+        self.special_tokens = list(self._special_ids)
+        self.prompt_tokens = [t for t in self.special_tokens if t not in (self.roles["eos"], self.roles["bos"])]
+        for slot, tokens in self.slots.items():
+            unknown = [t for t in tokens if t not in self._special_ids]
+            if unknown:
+                raise TokenizerError(f"tokenizer slot {slot!r} names unknown tokens {unknown[:3]}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def pieces(self) -> list[str]:
+        ids = range(self.backend.get_vocab_size())
+        return [self.backend.id_to_token(i) for i in ids] + self.special_tokens[len(ids) - self.eos_id:]
+
+    def word_starts(self) -> list[bool]:
+        # Byte-level BPE spells a leading space "Ġ"
+        return [i not in self.special_ids and piece.startswith("\u0120") for i, piece in enumerate(self.pieces())]
+
+    def _encode(self, text: str) -> list[int]:
+        if self.prefix_space and text and not text.startswith(" "):
+            text = " " + text
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=True).strip()
+
+    def merge_prompt(self, base: list[int], more: list[int]) -> list[int]:
+        slot_of = {self._special_ids[t]: slot for slot, tokens in self.slots.items() for t in tokens}
+        merged = list(base)
+        rest = []
+        for i in more:
+            slot = slot_of.get(i)
+            places = [p for p, j in enumerate(merged) if slot is not None and slot_of.get(j) == slot]
+            if places:
+                merged[places[0]] = i
+            else:
+                rest.append(i)
+        return merged + rest
+
+    def config(self) -> dict:
+        return {"type": "bpe", "model_file": self.file_name, "roles": self.roles, "vocab_size": self._vocab_size,
+                "slots": self.slots, "prefix_space": self.prefix_space, "timestamp_step": self.timestamp_step}
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / self.file_name).write_bytes(self.model_bytes)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
 
 MAX_MODEL_BYTES = 64 * 2**20  # sentencepiece models of 100k pieces are a few MB
@@ -208,8 +340,8 @@ def build_tokenizer(config: dict, folder: str | Path | None = None) -> Tokenizer
     """Rebuild a tokenizer from its ``config()`` (files are looked up in ``folder``)."""
     config = dict(config)
     kind = config.pop("type")
-    if kind == "sentencepiece":
-        name = config.get("model_file", SentencePieceTokenizer.file_name)
+    if kind in ("sentencepiece", "bpe"):
+        name = config.get("model_file", TOKENIZERS.get(kind).file_name)
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             # A checkpoint's tokenizer lives in its own folder: never read /dev/zero or ../../x for it.
             raise TokenizerError(f"tokenizer model_file must be a file name inside the checkpoint folder, got {name!r}")

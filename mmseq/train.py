@@ -143,7 +143,8 @@ class Trainer:
         if self.resume_from is not None and tuning:
             from .prompt_tuning import check_resumed
             check_resumed(config.prompt_tuning, self.model, self.resume_from)
-        elif self.resume_from is not None and not config.scst.enabled:  # (an SCST stage's model is its init_from's)
+        elif self.resume_from is not None and not config.scst.enabled and not config.trainer.init_from:
+            # (an SCST stage's model is its init_from's, a fine-tuned one its trainer.init_from's)
             check_resume_model({"decoder": config.model.decoder, "tasks": route_table(config.model, config.task)},
                                {"decoder": self.model.config.decoder, "tasks": self.model.config.tasks}, self.resume_from)
         if checkpoints and self.resume_from is None:
@@ -156,6 +157,8 @@ class Trainer:
             self.model = start_tuning(config.prompt_tuning)  # the base with the new task's route
         elif self.resume_from is None and config.scst.enabled:
             self.model = start_model(config.scst)  # SCST fine-tunes a cross-entropy checkpoint
+        elif self.resume_from is None and config.trainer.init_from:
+            self.model = load(config.trainer.init_from)  # fine-tuning: a pretrained (e.g. imported) checkpoint
         elif self.resume_from is None:
             from .data.manifest import read_manifest
             lines = read_manifest(config.data.train, (), skip_errors=True)[0]

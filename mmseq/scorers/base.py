@@ -61,5 +61,4 @@ class Scorer:
 def text_ids(prompt: list[int], tokenizer) -> list[int]:
     """The text part of a prompt (task and control tokens and soft prompt vectors dropped): what
     text scorers condition on."""
-    specials, vocab = len(tokenizer.special_tokens), tokenizer.vocab_size
-    return [i for i in prompt if specials <= i < vocab]
+    return [i for i in prompt if i < tokenizer.vocab_size and i not in tokenizer.special_ids]

@@ -25,12 +25,7 @@ class ContextBoost(Scorer):
     def __init__(self, tokenizer, words: list[list[str]]):
         self.tokenizer = tokenizer
         vocab = tokenizer.vocab_size
-        starts = torch.zeros(vocab, dtype=torch.bool)
-        processor = getattr(tokenizer, "processor", None)
-        for i in range(len(tokenizer.special_tokens), vocab):
-            piece = processor.id_to_piece(i) if processor is not None else tokenizer.decode([i])
-            starts[i] = piece.startswith("\u2581") or piece == " "
-        self.starts = starts
+        starts = self.starts = torch.tensor(tokenizer.word_starts(), dtype=torch.bool)
         # Per input: the prefixes of its words' token sequences, each with the tokens that may follow,
         # and the whole words.
         self.tries = []

@@ -18,12 +18,6 @@ from ..errors import ConfigError
 from .base import Scorer, text_ids
 
 
-def _vocabulary(tokenizer) -> list[str]:
-    if hasattr(tokenizer, "processor"):  # sentencepiece
-        return [tokenizer.processor.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-    return list(tokenizer.special_tokens) + list(getattr(tokenizer, "vocab", []))
-
-
 class LanguageModel(Scorer):
     """A trained ``lm`` checkpoint's decoder as a fusion scorer.
 
@@ -60,7 +54,7 @@ class LanguageModel(Scorer):
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raise :class:`ConfigError` unless ``tokenizer`` has exactly this LM's vocabulary."""
-        if _vocabulary(tokenizer) != _vocabulary(self.tokenizer):
+        if tokenizer.pieces() != self.tokenizer.pieces():
             raise ConfigError("the language model's vocabulary differs from the model's: train the LM with the "
                               "same tokenizer settings on text whose characters (or pieces) are the same")
 

@@ -25,7 +25,6 @@ import torch
 from ..errors import ConfigError, InputError
 from ..ngram import BOS, EOS, LOG10, arpa_word, read_arpa
 from .base import Scorer, text_ids
-from .lm import _vocabulary
 
 CACHED = 2 ** 26  # floats of history vectors kept (256 MB): 262,144 histories of a 256-token vocabulary
 WEIGHTS, SETTINGS = "ngram.safetensors", "ngram.json"
@@ -59,7 +58,7 @@ class NGramLM(Scorer):
     def from_arpa(cls, model: list[dict], tokenizer, device=None) -> "NGramLM":
         """From per-order ``{ngram: (log10 p, log10 backoff)}`` (:func:`mmseq.ngram.kneser_ney`,
         :func:`mmseq.ngram.read_arpa`) whose words are ``tokenizer``'s tokens."""
-        tokens = [arpa_word(p) for p in _vocabulary(tokenizer)]
+        tokens = [arpa_word(p) for p in tokenizer.pieces()]
         ids = {token: i for i, token in enumerate(tokens)}
         if len(ids) != len(tokens):
             raise ConfigError("two of the tokenizer's tokens are one ARPA word (a space and U+2581)")
@@ -120,7 +119,7 @@ class NGramLM(Scorer):
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raise :class:`ConfigError` unless ``tokenizer`` has exactly this model's tokens."""
-        if [arpa_word(p) for p in _vocabulary(tokenizer)] != self.tokens:
+        if [arpa_word(p) for p in tokenizer.pieces()] != self.tokens:
             raise ConfigError("the n-gram model's tokens differ from the model's tokenizer: count it with the "
                               "checkpoint's tokenizer (mmseq ngram CHECKPOINT ...)")
 

@@ -95,11 +95,12 @@ class Task:
         if context is None or context == "" or context == []:
             return []
         text = context if isinstance(context, str) else ", ".join(map(str, context))
-        if "<|context|>" not in self.tokenizer.prompt_tokens:
-            raise InputError("this model was not trained with contexts (its tokenizer has no <|context|> token); "
+        marker = self.tokenizer.context_token
+        if marker not in self.tokenizer.prompt_tokens:
+            raise InputError(f"this model was not trained with contexts (its tokenizer has no {marker} token); "
                              "train it on manifest lines with a \"context\" field")
         limit = self.prompting.context_length
-        return [self.tokenizer.token_id("<|context|>")] + (self.tokenizer.encode(text)[-limit:] if limit else [])
+        return [self.tokenizer.token_id(marker)] + (self.tokenizer.encode(text)[-limit:] if limit else [])
 
     def example_context(self, example: dict, draw: random.Random | None = None) -> list[int]:
         if draw is not None and draw.random() < self.prompting.context_dropout:
@@ -131,8 +132,8 @@ class Task:
         (the route's, the example's controls and prompt), then the text and ``</s>``. Only what
         follows the prefix is scored."""
         example = example or {}
-        prefix = (self.example_context(example, draw) + [self.tokenizer.bos_id] + self.prompt()
-                  + self.example_prompt(example, text if training else None, draw))
+        prompt = self.tokenizer.merge_prompt(self.prompt(), self.example_prompt(example, text if training else None, draw))
+        prefix = self.example_context(example, draw) + [self.tokenizer.bos_id] + prompt
         return prefix + self.tokenizer.encode(text) + [self.tokenizer.eos_id], len(prefix)
 
     def collate(self, items: list[dict]) -> dict:
