@@ -134,6 +134,11 @@ def command_encoders(args) -> int:
 
 
 def command_export(args) -> int:
+    if args.format == "transformers":
+        from .exporters import export_whisper_transformers
+        out = export_whisper_transformers(args.checkpoint, args.out, args.task)
+        print(f"wrote {out} (load it with transformers' WhisperForConditionalGeneration.from_pretrained)")
+        return 0
     from .onnx_export import export_onnx
     print(f"wrote {export_onnx(args.checkpoint, args.out, args.task)} (run it with mmseq.onnx_runner.OnnxModel)")
     return 0
@@ -155,7 +160,7 @@ def command_import(args) -> int:
 
     from .importers.whisper import import_whisper
     start = time.perf_counter()
-    model = import_whisper(args.source, args.out, args.tokenizer, args.real_length, args.language)
+    model = import_whisper(args.source, args.out, args.tokenizer, args.tail, args.language)
     sizes = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out} (whisper, {sizes / 1e6:.1f} M parameters, from {model.training_record['imported']['from']}) "
           f"in {time.perf_counter() - start:.1f} s")
@@ -221,10 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--best", type=int, help="average the run's N best checkpoints by validation metric")
     p.set_defaults(run=command_average)
 
-    p = commands.add_parser("export", help="write a checkpoint as ONNX graphs: encoder, decoder step with its cache")
+    p = commands.add_parser("export", help="write a checkpoint as ONNX graphs (encoder, decoder step with its cache), "
+                                           "or an imported Whisper as a transformers folder")
     p.add_argument("checkpoint")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="graph format (default onnx)")
-    p.add_argument("--out", required=True, help="folder for encoder.onnx, decoder_step.onnx and their settings")
+    p.add_argument("--format", choices=["onnx", "transformers"], default="onnx",
+                   help="onnx (default), or transformers: a WhisperForConditionalGeneration folder (imported Whisper)")
+    p.add_argument("--out", required=True, help="folder for encoder.onnx, decoder_step.onnx and their settings, or "
+                                                "for the transformers folder")
     p.add_argument("--task", help="the task to export, for a model that serves several")
     p.set_defaults(run=command_export)
 
@@ -245,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the checkpoint folder to write")
     p.add_argument("--tokenizer", help="a tokenizer.json (or a folder holding one), for a source without one")
     p.add_argument("--language", default="en", help="the language token of the route's prompt (default en)")
-    p.add_argument("--real-length", action="store_true",
-                   help="run each input on its own length instead of padding it to 30 s (faster on short clips)")
+    p.add_argument("--tail", type=float, default=30.0, metavar="SECONDS",
+                   help="silence after each input's audio, the whole at most Whisper's 30-s window (default 30: "
+                        "every input a whole window); less is faster on short clips; 0: each input's real length "
+                        "(Whisper-base then often repeats itself; see README)")
     p.set_defaults(run=command_import)
 
     p = commands.add_parser("encoders", help="list the registered encoders, built-in and from plugins")

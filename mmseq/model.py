@@ -246,13 +246,16 @@ class Seq2Seq(nn.Module):
         ``lm``: a :class:`mmseq.lm.LanguageModel` (or its checkpoint folder) or an n-gram
         :class:`mmseq.lm.NGramLM` (or its folder or ARPA file) fused with weight ``lm_weight``.
         ``options`` override the checkpoint's :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more ``(scorer, weight)``
-        pairs fused with the decoder (:class:`mmseq.scorers.Scorer`).
+        pairs fused with the decoder (:class:`mmseq.scorers.Scorer`). With ``timestamp_tokens=True``
+        the output holds the tokenizer's timestamp tokens, and the prompt drops the token that asks
+        for none (:meth:`~mmseq.tokenizer.Tokenizer.timestamp_prompt`).
         """
         route = self.route(batch.get("task"))
         options = DecodingOptions(**{**asdict(self.decoding), **route.decoding, **options}).check()
         count = batch["inputs"].shape[0]
         extra = _per_input(prompt, count, "prompt", self.tokenizer.encode_prompt)
-        prompts = [self.tokenizer.merge_prompt(route.task.prompt(), list(own) + more)
+        prompts = [self.tokenizer.timestamp_prompt(self.tokenizer.merge_prompt(route.task.prompt(), list(own) + more),
+                                                   options.timestamp_tokens)
                    for own, more in zip(batch.get("prompts") or [[]] * count, extra)]
         contexts = batch.get("contexts") or [[]] * count
         if context is not None:

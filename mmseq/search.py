@@ -45,6 +45,8 @@ class DecodingOptions:
     top_k: int = 0  # sampling only (0: whole vocabulary)
     suppress_tokens: list[int] = field(default_factory=list)  # ids never generated (Whisper's non-speech symbols)
     suppress_at_start: list[int] = field(default_factory=list)  # ids never generated first (Whisper's blank and </s>)
+    timestamp_tokens: bool = False  # generate the tokenizer's timestamp tokens, by their rules (see _TimestampRules)
+    max_initial_timestamp: float | None = None  # with timestamp_tokens: the latest first timestamp, in seconds
 
     def check(self) -> "DecodingOptions":
         """Raise :class:`ConfigError` on settings that cannot work; returns itself."""
@@ -160,12 +162,63 @@ class _Suppress:
         specials = tokenizer.special_ids
         self.mask[specials.start:specials.stop] = NEG_INF
         self.mask[tokenizer.eos_id] = 0.0
+        if options.timestamp_tokens and getattr(tokenizer, "timestamp_begin", None) is not None:
+            self.mask[tokenizer.timestamp_begin:] = 0.0  # generated under _TimestampRules
         self.mask[[i for i in options.suppress_tokens if 0 <= i < vocab]] = NEG_INF
         self.first = self.mask.clone()
         self.first[[i for i in options.suppress_at_start if 0 <= i < vocab]] = NEG_INF
 
     def apply(self, log_probs: torch.Tensor, step: int) -> torch.Tensor:
         return log_probs.add_(self.first if step == 0 else self.mask)
+
+
+class _TimestampRules:
+    """Timestamp tokens (``options.timestamp_tokens``: the tokenizer's ids from ``timestamp_begin``
+    on, one every ``timestamp_step`` seconds) by openai-whisper's rules, as its
+    ``ApplyTimestampRules`` and transformers' ``WhisperTimeStampLogitsProcessor`` apply them: the
+    output opens with a time (at most ``options.max_initial_timestamp`` seconds); text is followed
+    by a time only to close a segment, and a closing time by the next segment's opening time or by
+    ``</s>``; times never go back (an opening time may repeat the closing one before it); and a time
+    is forced when all times together are likelier than any one other token.
+
+    Applied after :class:`_Suppress`, in place, to every row at once from the tokens so far
+    ``tokens (rows, steps)``; a beam's reordering needs no state here. Off, it does nothing."""
+
+    def __init__(self, tokenizer, options: DecodingOptions, vocab: int, device):
+        self.begin = None
+        if not options.timestamp_tokens:
+            return
+        self.begin = getattr(tokenizer, "timestamp_begin", None)
+        if self.begin is None:
+            raise ConfigError("decoding.timestamp_tokens: the tokenizer has no timestamp tokens")
+        initial = options.max_initial_timestamp
+        if initial is not None and not 0 <= initial < math.inf:
+            raise ConfigError(f"decoding.max_initial_timestamp must be seconds (0 or more) or null, got {initial}")
+        self.last_initial = None if initial is None else self.begin + round(initial / tokenizer.timestamp_step)
+        self.eos = tokenizer.eos_id
+        self.times = torch.arange(self.begin, vocab, device=device)
+
+    def apply(self, log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        if self.begin is None:
+            return log_probs
+        text, times = log_probs[:, :self.begin], log_probs[:, self.begin:]
+        if tokens.shape[1] == 0:
+            text.fill_(NEG_INF)
+            if self.last_initial is not None:
+                log_probs[:, self.last_initial + 1:] = NEG_INF
+            return log_probs
+        is_time = tokens >= self.begin
+        last = is_time[:, -1]
+        before = is_time[:, -2] if tokens.shape[1] > 1 else torch.ones_like(last)
+        times.masked_fill_((last & before)[:, None], NEG_INF)  # after a pair (or the opening time): text
+        log_probs[:, :self.eos].masked_fill_((last & ~before)[:, None], NEG_INF)  # a closing time: a time or </s>
+        latest = tokens.masked_fill(~is_time, self.begin - 1).amax(1)  # times never go back: the latest is the last
+        lowest = torch.where(last & ~before, latest, latest + 1)
+        times.masked_fill_(self.times[None] < lowest[:, None], NEG_INF)
+        normalized = log_probs.log_softmax(-1)
+        forced = normalized[:, self.begin:].logsumexp(-1) > normalized[:, :self.begin].amax(-1)
+        text.masked_fill_(forced[:, None], NEG_INF)
+        return log_probs
 
 
 def _prefix(model, prompt, device) -> torch.Tensor:
@@ -288,13 +341,14 @@ def greedy_search(model, memory, memory_mask, prompt: list[int] = (), options: D
     bad_endings = _bad_endings(model.tokenizer, options.bad_endings, device)
     cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     suppress = _Suppress(model.tokenizer, options, logits.shape[-1], device)
+    timestamps = _TimestampRules(model.tokenizer, options, logits.shape[-1], device)
     out = torch.full((batch, max_new), eos, dtype=torch.long, device=device)
     totals = torch.zeros(batch, device=device)
     alive = torch.arange(batch, device=device)
     shortest = int(limits.min())
     tokens = out[:, :0]
     for step in range(max_new):
-        log_probs = suppress.apply(logits.float().log_softmax(-1), step)
+        log_probs = timestamps.apply(suppress.apply(logits.float().log_softmax(-1), step), tokens)
         log_probs = _filter(log_probs, step, limits[alive], tokens, options, eos, bad_endings, shortest)
         best, token = log_probs.max(-1)
         totals[alive] += best
@@ -367,6 +421,7 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     cache, logits = _share(cache, beam), logits.repeat_interleave(beam, 0)
     suppress = _Suppress(model.tokenizer, options, logits.shape[-1], device)
+    timestamps = _TimestampRules(model.tokenizer, options, logits.shape[-1], device)
     fusion = _Fused(pairs, shown, memory_mask, beam, max_new)
     candidates_per_row = None
     if fusion.partial:
@@ -384,7 +439,7 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     pool_tokens = torch.full((batch, beam, max_new), eos, dtype=torch.long, device=device)
     for step in range(max_new):
         inputs = alive.shape[0]
-        log_probs = suppress.apply(logits.float().log_softmax(-1), step)
+        log_probs = timestamps.apply(suppress.apply(logits.float().log_softmax(-1), step), tokens)
         log_probs = _filter(fusion.full(log_probs, tokens), step, limits[alive].repeat_interleave(beam), tokens,
                             options, eos, bad_endings, shortest)
         if fusion.partial:
@@ -483,10 +538,12 @@ def sample(model, memory, memory_mask, prompt: list[int] = (), options: Decoding
     cache, logits = _start(model, memory, memory_mask, prefixes, offsets, max_new)
     cache, logits = _share(cache, count), logits.repeat_interleave(count, 0)
     suppress = _Suppress(model.tokenizer, options, logits.shape[-1], memory.device)
+    timestamps = _TimestampRules(model.tokenizer, options, logits.shape[-1], memory.device)
     tokens = torch.zeros(logits.shape[0], 0, dtype=torch.long, device=memory.device)
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=memory.device)
     for step in range(max_new):
         log_probs = suppress.apply((logits.float() / options.temperature).log_softmax(-1), step)
+        log_probs = timestamps.apply(log_probs, tokens)
         log_probs = _filter(log_probs, step, limits, tokens, options, eos, bad_endings)
         if options.top_k:
             kth = log_probs.topk(options.top_k, -1).values[:, -1:]

@@ -39,6 +39,8 @@ class Tokenizer:
     kind = "base"
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
     context_token = "<|context|>"
+    timestamp_begin: int | None = None  # the first timestamp token (``<|0.00|>``): all ids from it on are times
+    no_timestamps_id: int | None = None  # the prompt token that asks for no timestamps (``<|notimestamps|>``)
 
     def __init__(self, prompt_tokens: Iterable[str] = TASK_TOKENS):
         self.prompt_tokens = list(dict.fromkeys(prompt_tokens))
@@ -107,6 +109,16 @@ class Tokenizer:
     def merge_prompt(self, base: list[int], more: list[int]) -> list[int]:
         """A route's prompt ``base`` followed by ``more`` (an example's or a caller's prompt)."""
         return list(base) + list(more)
+
+    def timestamp_prompt(self, prompt: Iterable[int], timestamps: bool) -> list[int]:
+        """The prompt ``prompt`` (ids) for decoding with timestamp tokens on or off: on, without the
+        "no timestamps" token (Whisper's ``<|notimestamps|>``, see ``no_timestamps_id``); off, as
+        given. :class:`TokenizerError` for timestamps on with a tokenizer that has none."""
+        if not timestamps:
+            return list(prompt)
+        if self.timestamp_begin is None:
+            raise TokenizerError(f"the {self.kind} tokenizer has no timestamp tokens: decode with timestamp_tokens off")
+        return [i for i in prompt if i != self.no_timestamps_id]
 
     def save(self, folder: str | Path) -> None:
         raise NotImplementedError
@@ -228,9 +240,11 @@ class BPETokenizer(Tokenizer):
 
     ``roles`` name the tokens that play mmseq's parts: ``bos`` (Whisper's
     ``<|startoftranscript|>``), ``eos`` (``<|endoftext|>``), ``pad`` (a token never generated nor
-    forced) and ``context`` (``<|startofprev|>``, the marker of the previous-text segment). Every id
-    from ``eos`` on is special: languages, tasks, ``<|notimestamps|>``, and the timestamp tokens
-    ``<|0.00|>`` ... that the model's vocabulary (``vocab_size``) holds past the file's last token.
+    forced), ``context`` (``<|startofprev|>``, the marker of the previous-text segment) and
+    ``no_timestamps`` (``<|notimestamps|>``, dropped from the prompt when timestamp tokens are
+    decoded: :meth:`timestamp_prompt`). Every id from ``eos`` on is special: languages, tasks,
+    ``<|notimestamps|>``, and the timestamp tokens ``<|0.00|>`` ... (``timestamp_begin`` on), in the
+    file or, where it stops short, in the model's vocabulary (``vocab_size``) past its last token.
 
     ``slots`` group the prompt tokens that set one attribute (``{"language": ["<|en|>", ...],
     "task": ["<|transcribe|>", "<|translate|>"]}``): a prompt's token of a slot replaces the route's
@@ -267,10 +281,12 @@ class BPETokenizer(Tokenizer):
                 raise TokenizerError(f"{model_file}: no token {token!r} (the {role} role)")
         self.bos_id, self.eos_id, self.pad_id = ids["bos"], ids["eos"], ids["pad"]
         self.context_token = self.roles.get("context", Tokenizer.context_token)
+        self.no_timestamps_id = ids.get("no_timestamps")
         self.special_ids = range(self.eos_id, self._vocab_size)
-        self.timestamp_begin = known if self._vocab_size > known else None  # <|0.00|>: the first id past the file
+        first = self.backend.token_to_id("<|0.00|>")  # in the file (built from openai-whisper's) or past it
+        self.timestamp_begin = first if first is not None else known if self._vocab_size > known else None
         self._special_ids = {self.backend.id_to_token(i): i for i in range(self.eos_id, known)}
-        if self.timestamp_begin is not None:
+        if self.timestamp_begin == known:  # named here, as the file does not name them
             for i in range(self._vocab_size - known):
                 self._special_ids[f"<|{i * timestamp_step:.2f}|>"] = known + i
         self.special_tokens = list(self._special_ids)

@@ -3,11 +3,14 @@
 utterance's peak, scaled to about [-1, 1]), two convolutions (the second of stride 2: 50 frames a
 second), sinusoidal positions, pre-norm Transformer blocks and a final norm.
 
-Whisper was trained on 30-s windows: by default every input is padded with silence to
-``window`` seconds and all 1,500 frames are memory, as in openai-whisper, faster-whisper and
-transformers. ``real_length=True`` runs each input on its own length instead (the frames of its
-audio only, the positions of its first frames; padding masked out of attention): far less work
-on short clips, at a measured cost in WER (``tools/bench_whisper.py``).
+Whisper was trained on 30-s windows: by default every input is padded with silence to 30 s and
+all 1,500 frames are memory, as in openai-whisper, faster-whisper and transformers. ``tail``
+runs each input on a shorter length instead: its audio and ``tail`` seconds of silence after it,
+at most the window (the positions of its first frames; a batch's padding masked out of
+attention). ``tail: 0`` is each input's real length. Far less work on short clips, at a cost:
+Whisper decides where the speech ends from the silence after it, and Whisper-base given less
+than about 10 s of it often repeats its transcript until the length limit. The figures are in
+the README.
 
 Weights come from ``mmseq import whisper`` (:mod:`mmseq.importers.whisper`); the names follow
 openai-whisper's, with each attention's query, key and value fused into one ``qkv`` projection.
@@ -20,7 +23,7 @@ import torchaudio
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .base import Encoder, lengths_to_mask, register_encoder
 from .speech import SpecAugment
 
@@ -77,7 +80,8 @@ class WhisperEncoder(Encoder):
         n_mels: mel bands (80; 128 for large-v3).
         dim, heads, layers: width, attention heads and blocks.
         positions: memory frames of a whole window (1500: 30 s at 50 frames a second).
-        real_length: run each input on its own length, not padded to the window (see the module).
+        tail: seconds of silence after each input's audio, the whole at most the window (30: every
+            input a whole window, as Whisper; 0: its real length; see the module).
         spec_augment: SpecAugment on the log-mels while training (fine-tuning).
     """
 
@@ -86,10 +90,13 @@ class WhisperEncoder(Encoder):
     frame_rate = SAMPLE_RATE / HOP / 2  # 50 memory frames a second
 
     def __init__(self, n_mels: int = 80, dim: int = 512, heads: int = 8, layers: int = 6, positions: int = 1500,
-                 real_length: bool = False, spec_augment: bool = False):
+                 tail: float = 30.0, spec_augment: bool = False):
         super().__init__()
-        self.output_dim, self.real_length = dim, real_length
+        self.output_dim = dim
         self.window_samples = positions * 2 * HOP
+        if not 0 <= tail * SAMPLE_RATE <= self.window_samples:
+            raise ConfigError(f"whisper encoder: tail={tail} must be between 0 and {self.window_samples / SAMPLE_RATE:g} s")
+        self.tail_samples = int(tail * SAMPLE_RATE)
         filters = torchaudio.functional.melscale_fbanks(N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE,
                                                         norm="slaney", mel_scale="slaney")
         self.register_buffer("filters", filters, persistent=False)  # (frequencies, n_mels)
@@ -109,9 +116,9 @@ class WhisperEncoder(Encoder):
         if longest > self.window_samples:
             raise InputError(f"audio of {longest / SAMPLE_RATE:.1f} s is longer than Whisper's "
                              f"{self.window_samples / SAMPLE_RATE:.0f}-s window: decode it as long audio")
-        if not self.real_length:  # every input is a whole window of audio and silence
-            inputs = F.pad(inputs[:, :longest], (0, self.window_samples - longest))
-            lengths = torch.full_like(lengths, self.window_samples)
+        if self.tail_samples > 0:  # every input is its audio then silence, at most a window of them
+            lengths = (lengths + self.tail_samples).clamp(max=self.window_samples)
+            inputs = F.pad(inputs[:, :longest], (0, int(lengths.max()) - longest))
         mels, frames = log_mel(inputs, lengths, self.filters)
         if self.spec_augment is not None and self.training:
             mels = self.spec_augment(mels.transpose(1, 2), frames).transpose(1, 2)

@@ -7,7 +7,9 @@ the shared :class:`~mmseq.decoder.TextDecoder` (token vectors unscaled, Whisper'
 in its settings), the ``bpe`` tokenizer with Whisper's special tokens in their roles
 (``<|startoftranscript|>`` is ``<s>``, ``<|endoftext|>`` is ``</s>``, ``<|startofprev|>`` opens
 the context segment), the route's prompt ``<|en|> <|transcribe|> <|notimestamps|>`` (language and
-task are prompt slots a user's prompt replaces), and Whisper's suppressed tokens and blank
+task are prompt slots a user's prompt replaces; ``<|notimestamps|>`` is the tokenizer's
+``no_timestamps`` role, dropped when ``generate(..., timestamp_tokens=True)`` decodes timestamp
+tokens, the first at most 1 s in, as openai-whisper's), and Whisper's suppressed tokens and blank
 suppression as decoding settings.
 """
 
@@ -75,7 +77,7 @@ def non_speech_tokens(tokenizer) -> list[int]:
     return sorted(found)
 
 
-def whisper_config(source: WhisperSource, tokenizer, real_length: bool = False, language: str = "en") -> dict:
+def whisper_config(source: WhisperSource, tokenizer, tail: float = 30.0, language: str = "en") -> dict:
     """The checkpoint ``config.json`` of an imported Whisper."""
     dims = source.dims
     names = tokenizer.special_tokens
@@ -89,7 +91,7 @@ def whisper_config(source: WhisperSource, tokenizer, real_length: bool = False, 
     at_start = source.suppress_blank_ids if source.suppress_blank_ids is not None else blank + [eos]
     encoder = {"name": "whisper", "n_mels": dims["n_mels"], "dim": dims["n_audio_state"],
                "heads": dims["n_audio_head"], "layers": dims["n_audio_layer"], "positions": dims["n_audio_ctx"],
-               "real_length": real_length}
+               "tail": tail}
     decoder = {"dim": dims["n_text_state"], "layers": dims["n_text_layer"], "heads": dims["n_text_head"],
                "ffn_dim": 4 * dims["n_text_state"], "dropout": 0.0, "max_length": dims["n_text_ctx"],
                "scale_embedding": False,
@@ -99,7 +101,7 @@ def whisper_config(source: WhisperSource, tokenizer, real_length: bool = False, 
     return {"model": {"decoder": decoder, "label_smoothing": 0.0, "tasks": {"asr": route}},
             "tokenizer": tokenizer.config(),
             "decoding": {"max_length": dims["n_text_ctx"] // 2, "suppress_tokens": [int(i) for i in suppress],
-                         "suppress_at_start": [int(i) for i in at_start]},
+                         "suppress_at_start": [int(i) for i in at_start], "max_initial_timestamp": 1.0},
             "training": {"imported": {"kind": "whisper", "from": source.origin, "dims": dims}}}
 
 
@@ -122,12 +124,13 @@ def whisper_tokenizer(source: WhisperSource, folder: Path):
     slots = {"task": ["<|transcribe|>", "<|translate|>"]}
     if translate > sot + 1:
         slots["language"] = names[sot + 1:translate]
-    roles = {"bos": "<|startoftranscript|>", "eos": "<|endoftext|>", "pad": pad, "context": "<|startofprev|>"}
+    roles = {"bos": "<|startoftranscript|>", "eos": "<|endoftext|>", "pad": pad, "context": "<|startofprev|>",
+             "no_timestamps": "<|notimestamps|>"}
     return BPETokenizer(path, roles, vocab_size=source.dims["n_vocab"], slots=slots)
 
 
 def import_whisper(src: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
-                   real_length: bool = False, language: str = "en"):
+                   tail: float = 30.0, language: str = "en"):
     """Read a Whisper checkpoint ``src`` (checked: shapes, completeness) and write the mmseq
     checkpoint folder ``out`` atomically; returns the loaded model."""
     from ..model import build_model
@@ -135,7 +138,7 @@ def import_whisper(src: str | os.PathLike, out: str | os.PathLike, tokenizer: st
     source = read_whisper(src, tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         bpe = whisper_tokenizer(source, Path(tmp))
-        config = whisper_config(source, bpe, real_length, language)
+        config = whisper_config(source, bpe, tail, language)
         model = build_model(config, tmp)
     weights = mmseq_weights(source)
     expected = model.state_dict()
