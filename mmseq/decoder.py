@@ -167,10 +167,13 @@ class DecoderLayer(nn.Module):
         attended = F.scaled_dot_product_attention(q, cross_kv[0], cross_kv[1], dropout_p=drop,
                                                   attn_mask=mask if memory_bias is None else memory_bias)
         weights = None
-        if return_attention:  # only for plots: SDPA does not return its weights
+        if return_attention:  # only for plots and timestamps: SDPA does not return its weights
             scores = (q @ cross_kv[0].transpose(-1, -2)) / q.shape[-1] ** 0.5
-            weights = scores.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)
-            weights = weights.view(batch // group, group, length, -1).flatten(0, 1)
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+            if return_attention is True:  # the mean over heads (batch, length, frames)
+                weights = weights.mean(1).view(batch // group, group, length, -1).flatten(0, 1)
+            else:  # the heads named (batch, heads, length, frames)
+                weights = weights[:, list(return_attention)].unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
         if group > 1:
             attended = attended.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
         x = x + self.dropout(self.cross_out(attended.transpose(1, 2).reshape(batch, length, dim)))
@@ -251,19 +254,26 @@ class TextDecoder(nn.Module):
         return F.linear(self.norm(x), self.embed.weight)  # tied with the input embedding
 
     def forward(self, tokens: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-                return_attention: bool = False):
+                return_attention: bool | list = False):
         """Logits ``(batch, length, vocab)`` for every position at once (teacher forcing).
 
-        With ``return_attention`` also the last layer's cross-attention ``(batch, length, frames)``,
-        averaged over heads.
+        With ``return_attention=True`` also the last layer's cross-attention ``(batch, length,
+        frames)``, averaged over heads; given ``[layer, head]`` pairs (such as the config's
+        ``alignment_heads``), the cross-attention of those heads ``(batch, pairs, length, frames)``.
         """
         memory = self.memory_proj(memory)
         x = self._embed(tokens, 0)
-        weights = None
+        pairs = None if isinstance(return_attention, bool) else [tuple(pair) for pair in return_attention]
+        weights, named = None, {}
         for i, layer in enumerate(self.layers):
             x = self._deep(x, tokens, i) if i else x
-            x, weights = layer(x, layer.memory_kv(memory), memory_mask, return_attention=return_attention)
+            heads = return_attention if pairs is None else [head for at, head in pairs if at == i]
+            x, weights = layer(x, layer.memory_kv(memory), memory_mask, return_attention=heads)
+            if pairs is not None:
+                named.update({(i, head): weights[:, k] for k, head in enumerate(heads)})
         logits = self._logits(x)
+        if pairs is not None:
+            return logits, torch.stack([named[pair] for pair in pairs], 1)
         return (logits, weights) if return_attention else logits
 
     def init_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor, max_length: int | None = None,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
-from .longform import LongformOptions, Window, continuation_prompt, decode_windows, split_audio
+from .longform import LongformOptions, Window, continuation_prompt, decode_windows, fit_window, split_audio
 
 
 # Audio whose peak stays within 2 steps of 16-bit audio is digital silence: it gets an empty text
@@ -88,7 +88,8 @@ def iter_decode(model, sources: Iterable, batch_size: int = 16, chunk_size: int 
         # 0 raised deep inside, -1 gave every input an empty text
         raise ConfigError(f"batch_size={batch_size!r}: must be a positive integer")
     task = model.route(task).task
-    longform = longform or LongformOptions(window=window, split=split, segment_pause=segment_pause)
+    longform = fit_window(longform or LongformOptions(window=window, split=split, segment_pause=segment_pause),
+                          task.encoder)  # an encoder with a fixed window (Whisper's 30 s) caps it
     window = longform.window
     sample_rate = getattr(task.encoder, "sample_rate", None)
     pending: list[tuple[int, torch.Tensor, list[Window]]] = []

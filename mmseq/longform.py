@@ -16,7 +16,7 @@ decoding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -34,6 +34,15 @@ class LongformOptions:
     #   for models trained on single sentences (None: windows as long as allowed)
     silence_before: float = 0.1  # silence (s) kept before the sound of a window (at most half the pause)
     silence_after: float = 0.1  # and after it: match the utterances the model was trained on
+
+
+def fit_window(options: LongformOptions, encoder) -> LongformOptions:
+    """``options`` with windows no longer than ``encoder`` takes: an encoder with a fixed input
+    window (``window_samples`` at its ``sample_rate``, Whisper's 30 s) caps ``options.window``."""
+    samples, rate = getattr(encoder, "window_samples", None), getattr(encoder, "sample_rate", None)
+    if not samples or not rate or options.window <= samples / rate:
+        return options
+    return replace(options, window=samples / rate)
 
 
 @dataclass
@@ -173,7 +182,10 @@ def plan_windows(total: int, pauses: list[tuple[int, int]], cost: torch.Tensor, 
 def split_audio(waveform: torch.Tensor, sample_rate: int, options: LongformOptions, model=None,
                 task: str | None = None) -> list[Window]:
     """Windows of a recording ``(samples,)``: one window when it is short enough. ``split="ctc"``
-    uses the CTC head of ``model``'s route ``task`` (default: its speech route)."""
+    uses the CTC head of ``model``'s route ``task`` (default: its speech route); that route's
+    encoder caps the window length (:func:`fit_window`)."""
+    if model is not None:
+        options = fit_window(options, model.route(task, "asr").encoder)
     if len(waveform) <= options.window * sample_rate:
         return [Window(0, len(waveform))]
     if options.split == "energy":

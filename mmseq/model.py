@@ -401,8 +401,22 @@ def build_model(config: dict, folder: str | os.PathLike | None = None) -> Seq2Se
     return Seq2Seq(ModelConfig(**config["model"]), tokenizer, config.get("task"), config.get("decoding"))
 
 
-def load(folder: str | os.PathLike, device: str | torch.device | None = None) -> Seq2Seq:
+def quantize(model: Seq2Seq) -> Seq2Seq:
+    """The model with its linear layers' weights in int8 (dynamic quantization, CPU inference):
+    each matrix product runs on 8-bit weights and activations quantized on the fly, as
+    CTranslate2's ``int8``; the tied output projection, convolutions and norms stay float32."""
+    import warnings
+
+    if model.device.type != "cpu":
+        raise InputError("int8 (dynamic quantization) runs on the CPU; load the model there")
+    with warnings.catch_warnings():  # torch 2.11 points to torchao for this API, which it still serves
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def load(folder: str | os.PathLike, device: str | torch.device | None = None, compute_type: str = "float32") -> Seq2Seq:
     """Load a checkpoint folder. Reads only JSON and safetensors: nothing in it is executed.
+    ``compute_type="int8"``: for inference on the CPU, the linear layers in int8 (:func:`quantize`).
 
     Raises :class:`CheckpointError` when the folder is missing, holds only pickled weights, or its
     files are corrupt, and :class:`ConfigError` when its config names an unknown component.
@@ -442,4 +456,7 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None) ->
     training = config.get("training")
     model.training_record = dict(training) if isinstance(training, dict) else {}
     model.eval()
-    return model.to(device) if device is not None else model
+    model = model.to(device) if device is not None else model
+    if compute_type not in ("float32", "int8"):
+        raise ConfigError(f"compute_type={compute_type!r}: float32 or int8")
+    return quantize(model) if compute_type == "int8" else model

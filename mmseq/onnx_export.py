@@ -18,6 +18,13 @@ outputs: the cache grows by concatenation instead of writes into a preallocated 
 graphs cannot do in place. ``onnx_config.json`` beside them holds what the runner needs (special
 ids, the task prompt, decoding options, sample rate); the checkpoint's ``config.json`` and
 tokenizer files are copied too, so the folder decodes to text on its own.
+
+Complex numbers do not export: torchaudio spectrograms are traced as :class:`RealSpectrogram`, and
+a front end that takes ``torch.stft(...).abs()`` (Whisper's log-mel) through :func:`real_stft`.
+An encoder of a fixed input window (``window_samples``, Whisper's 30 s) is traced on whole windows;
+the runner pads every input to one (``input_samples``). The exported encoder is then run on inputs
+of other sizes and compared with PyTorch's (:func:`check_encoder`), so a shape the trace froze
+fails the export instead of the decoding.
 """
 
 from __future__ import annotations
@@ -72,7 +79,8 @@ class DecoderStepGraph(nn.Module):
         group = rows // inputs  # consecutive rows that share one input's memory
         heads, dim = config.heads, config.dim
         positions = torch.arange(new, device=tokens.device) + past
-        x = decoder.embed(tokens) * dim ** 0.5 + decoder.positions(positions)
+        scale = dim ** 0.5 if config.scale_embedding else 1.0  # Whisper's token vectors are not scaled
+        x = decoder.embed(tokens) * scale + decoder.positions(positions)
         # Comparisons, not tril(past): a traced shape would become a constant diagonal.
         causal = torch.arange(past + new, device=tokens.device)[None, :] <= positions[:, None]
         mask = memory_mask[:, None, None, :]
@@ -95,6 +103,18 @@ class DecoderStepGraph(nn.Module):
         return logits.float().log_softmax(-1), torch.stack(caches)
 
 
+def dft_basis(window: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """The windowed one-sided DFT as convolution kernels ``(2 * (n_fft // 2 + 1), 1, n_fft)``:
+    cosines, then negated sines (a ``window`` shorter than ``n_fft`` sits in its middle)."""
+    window = window.double()
+    left = (n_fft - window.shape[0]) // 2
+    window = F.pad(window, (left, n_fft - window.shape[0] - left))
+    time = torch.arange(n_fft, dtype=torch.float64)
+    frequency = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+    angle = 2 * torch.pi * frequency * time / n_fft
+    return torch.cat([angle.cos() * window, -angle.sin() * window]).float()[:, None, :]
+
+
 class RealSpectrogram(nn.Module):
     """torchaudio's ``Spectrogram`` as a strided convolution with the windowed DFT basis: the same
     power spectrum without complex numbers, which the ONNX exporter cannot carry."""
@@ -105,15 +125,8 @@ class RealSpectrogram(nn.Module):
                                                            spectrogram.pad_mode, spectrogram.power)
         if spectrogram.pad or spectrogram.normalized or not spectrogram.onesided or self.power not in (1.0, 2.0):
             raise ConfigError("export: only plain one-sided power or magnitude spectrograms can be exported")
-        n_fft, window = spectrogram.n_fft, spectrogram.window.double()
-        left = (n_fft - window.shape[0]) // 2  # a window shorter than n_fft sits in its middle
-        window = F.pad(window, (left, n_fft - window.shape[0] - left))
-        time = torch.arange(n_fft, dtype=torch.float64)
-        frequency = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
-        angle = 2 * torch.pi * frequency * time / n_fft
-        basis = torch.cat([angle.cos() * window, -angle.sin() * window])  # (2 * freqs, n_fft)
-        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
-        self.n_fft = n_fft
+        self.register_buffer("basis", dft_basis(spectrogram.window, spectrogram.n_fft), persistent=False)
+        self.n_fft = spectrogram.n_fft
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """``(batch, samples)`` -> ``(batch, freqs, frames)``."""
@@ -123,6 +136,45 @@ class RealSpectrogram(nn.Module):
         real, imaginary = F.conv1d(x, self.basis, stride=self.hop).chunk(2, dim=1)
         power = real ** 2 + imaginary ** 2
         return power if self.power == 2.0 else power.sqrt()
+
+
+def magnitude_stft(input, n_fft, hop_length=None, win_length=None, window=None, center=True, pad_mode="reflect",
+                   normalized=False, onesided=None, return_complex=None, align_to_window=None) -> torch.Tensor:
+    """``torch.stft(...).abs()`` of ``input (batch, samples)`` as a real tensor ``(batch, freqs,
+    frames)``, by a strided convolution with the windowed DFT basis (:func:`dft_basis`), which the
+    ONNX exporter can carry (complex tensors it cannot). The window's values become constants."""
+    if normalized or onesided is False or input.dim() != 2 or align_to_window:
+        raise ConfigError("export: only one-sided, unnormalised STFTs of (batch, samples) waveforms can be exported")
+    window = torch.ones(win_length or n_fft) if window is None else window
+    basis = dft_basis(torch.tensor(window.tolist()), n_fft).to(input.device, input.dtype)
+    x = input[:, None]
+    if center:
+        x = F.pad(x, (n_fft // 2, n_fft // 2), mode=pad_mode)
+    real, imaginary = F.conv1d(x, basis, stride=hop_length or n_fft // 4).chunk(2, dim=1)
+    return (real ** 2 + imaginary ** 2).sqrt()
+
+
+@contextmanager
+def real_stft():
+    """Inside: ``torch.stft(..., return_complex=True)`` gives the STFT's magnitude as a real tensor
+    (:func:`magnitude_stft`), so that an encoder whose front end takes ``torch.stft(...).abs()``
+    (Whisper's log-mel) can be traced. An encoder that used the phase would get other features:
+    :func:`export_onnx` compares the exported encoder with PyTorch's, so that does not pass unseen."""
+    original = torch.stft
+
+    def stft(input, n_fft, *args, **kwargs):
+        names = ("hop_length", "win_length", "window", "center", "pad_mode", "normalized", "onesided",
+                 "return_complex")
+        settings = {**dict(zip(names, args)), **kwargs}
+        if not settings.get("return_complex"):
+            return original(input, n_fft, *args, **kwargs)
+        return magnitude_stft(input, n_fft, **settings)
+
+    torch.stft = stft
+    try:
+        yield
+    finally:
+        torch.stft = original
 
 
 @contextmanager
@@ -143,16 +195,22 @@ def real_spectrograms(module: nn.Module):
             setattr(parent, name, original)
 
 
-def example_inputs(model, encoder) -> tuple[tuple, list[str], dict]:
-    """Inputs to trace the encoder with, their names, and their dynamic axes."""
+def example_inputs(model, encoder, other: bool = False) -> tuple[tuple, list[str], dict]:
+    """Inputs to trace the encoder with, their names, and their dynamic axes; ``other``: inputs of
+    other sizes, to check the traced graph on. An encoder with a fixed input window
+    (``window_samples``: Whisper's 30 s) is traced on whole windows, and the runner pads every
+    input to one."""
     modality = getattr(encoder, "modality", None)
     if modality == "speech":
         rate = int(getattr(encoder, "sample_rate", 16000))
-        inputs = (torch.randn(2, rate), torch.tensor([rate, rate * 3 // 4]))
-        return inputs, ["inputs", "lengths"], {"inputs": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}}
+        samples = getattr(encoder, "window_samples", None) or (rate * 3 // 4 if other else rate)
+        lengths = torch.tensor([samples // 3] if other else [samples, samples * 3 // 4])
+        inputs = torch.randn(len(lengths), samples) * (torch.arange(samples)[None] < lengths[:, None])  # zero padded
+        return (inputs, lengths), ["inputs", "lengths"], {"inputs": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}}
     if modality == "text":
         vocab = encoder.embedding.num_embeddings if hasattr(encoder, "embedding") else 8
-        inputs = (torch.randint(4, vocab, (2, 12)), torch.tensor([12, 9]))
+        inputs = (torch.randint(4, vocab, (1, 7)), torch.tensor([7])) if other else \
+            (torch.randint(4, vocab, (2, 12)), torch.tensor([12, 9]))
         return inputs, ["inputs", "lengths"], {"inputs": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}
     if modality == "image":
         size = getattr(encoder, "data_config", lambda: {"input_size": (3, 224, 224)})()["input_size"]
@@ -165,6 +223,41 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -
         warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic are expected
         torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+
+
+FRAMES_AXIS = {"cross_kv": 4, "memory_mask": 1, "ctc_log_probs": 1}  # the encoder graph's outputs
+
+
+def check_encoder(graph: nn.Module, path: Path, inputs: tuple, input_names: list[str], outputs: list[str]) -> None:
+    """Raise :class:`ConfigError` unless the exported encoder at ``path`` gives what PyTorch's
+    ``graph`` gives on ``inputs`` (of other sizes than it was traced on): a shape the trace froze,
+    or a front end that :func:`real_stft` cannot stand in for, shows here. The graph may give more
+    frames than PyTorch (a fixed window it keeps whole) if its mask covers them. Skipped without
+    onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = dict(zip(outputs, session.run(outputs, {name: x.numpy() for name, x in zip(input_names, inputs)})))
+    expected = dict(zip(outputs, (x.float().numpy() if x.is_floating_point() else x.numpy() for x in graph(*inputs))))
+    frames = expected["memory_mask"].shape[1]
+    if got["memory_mask"].shape[1] < frames or got["memory_mask"][:, frames:].any():
+        raise ConfigError(f"export: the ONNX encoder gives {got['memory_mask'].shape[1]} frames where PyTorch gives "
+                          f"{frames}: this encoder does not trace to a graph of any input size")
+    for name in outputs:
+        ours = got[name].take(range(frames), axis=FRAMES_AXIS[name])
+        theirs = expected[name]
+        if ours.shape != theirs.shape:
+            raise ConfigError(f"export: the ONNX encoder's {name} has shape {ours.shape} where PyTorch's has "
+                              f"{theirs.shape}: this encoder does not trace to a graph of any input size")
+        if theirs.dtype == bool:
+            same = bool((ours == theirs).all())
+        else:
+            same = float(abs(ours - theirs).max(initial=0.0)) <= 1e-3 * max(float(abs(theirs).max(initial=0.0)), 1e-6)
+        if not same:
+            raise ConfigError(f"export: the ONNX encoder's {name} differs from PyTorch's on an input of another "
+                              "size: this encoder does not trace to a faithful graph")
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, task: str | None = None) -> Path:
@@ -187,9 +280,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, task: str | None = None
     outputs = ["cross_kv", "memory_mask"] + (["ctc_log_probs"] if encoder_graph.ctc_head is not None else [])
     dynamic.update({"cross_kv": {2: "batch", 4: "frames"}, "memory_mask": {0: "batch", 1: "frames"},
                     "ctc_log_probs": {0: "batch", 1: "frames"}})
-    with torch.no_grad(), real_spectrograms(encoder_graph):
+    with torch.no_grad(), real_spectrograms(encoder_graph), real_stft():
         _export(encoder_graph, args, out / "encoder.onnx", input_names, outputs,
                 {k: v for k, v in dynamic.items() if k in input_names + outputs})
+    with torch.no_grad():
+        check_encoder(encoder_graph, out / "encoder.onnx", example_inputs(model, encoder_graph.encoder, other=True)[0],
+                      input_names, outputs)
         cross_kv, memory_mask = encoder_graph(*args)[:2]
         config = model.decoder.config
         # Two rows per input, so that the traced graph keeps the grouping general.
@@ -213,6 +309,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, task: str | None = None
                     "max_length": config.max_length},
         "decoding": {**asdict(model.decoding), **route.decoding}, "has_ctc": encoder_graph.ctc_head is not None,
         "inputs": input_names, "opset": OPSET,
+        "input_samples": getattr(encoder_graph.encoder, "window_samples", None),  # every input padded to this
     }
     (out / ONNX_CONFIG).write_text(json.dumps(settings, indent=1))
     shutil.copy2(checkpoint / CONFIG_FILE, out / CONFIG_FILE)

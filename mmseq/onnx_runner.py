@@ -9,7 +9,8 @@ The search follows :func:`mmseq.search.greedy_search` and :func:`mmseq.search.be
 for step (same filters, same pool of finished hypotheses, same stopping rules and scores), so it
 finds the same hypotheses up to the last bits of float arithmetic. Supported options:
 ``beam_size``, ``max_length``, ``max_length_ratio``, ``min_length``, ``length_penalty``,
-``length_bonus``, ``nbest``, ``early_stopping``. Decoding is attention-only: the CTC prefix scorer,
+``length_bonus``, ``nbest``, ``early_stopping``, ``suppress_tokens`` and ``suppress_at_start`` (ids
+never generated, and never first: Whisper's). Decoding is attention-only: the CTC prefix scorer,
 language-model fusion, ``no_repeat_ngram`` and ``bad_endings`` are not part of the export (a
 checkpoint whose default ``ctc_weight`` is above 0 is decoded with 0 here).
 """
@@ -27,7 +28,7 @@ from .errors import CheckpointError, ConfigError, InputError
 
 NEG_INF = np.float32(-np.inf)
 SUPPORTED = ("beam_size", "max_length", "max_length_ratio", "min_length", "length_penalty", "length_bonus",
-             "nbest", "early_stopping")
+             "nbest", "early_stopping", "suppress_tokens", "suppress_at_start")
 
 
 @dataclass
@@ -89,9 +90,15 @@ class OnnxModel:
     # -- graphs -----------------------------------------------------------------------------
     def encode(self, inputs: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``cross_kv (layers, 2, batch, heads, frames, head_dim)`` and ``memory_mask (batch, frames)``."""
+        window = self.settings.get("input_samples")
+        if window:  # an encoder of a fixed input window (Whisper's 30 s) was exported for whole windows
+            if inputs.shape[1] > window:
+                raise InputError(f"audio of {inputs.shape[1]} samples is longer than this encoder's window of "
+                                 f"{window}: cut long audio into windows")
+            inputs = np.pad(inputs, ((0, 0), (0, window - inputs.shape[1])))
         feed = {"inputs": inputs}
         if "lengths" in self.settings["inputs"]:
-            feed["lengths"] = np.asarray(lengths, dtype=np.int64)
+            feed["lengths"] = np.asarray(lengths if lengths is not None else [inputs.shape[1]] * len(inputs), np.int64)
         cross_kv, memory_mask = self.encoder.run(["cross_kv", "memory_mask"], feed)
         return cross_kv, memory_mask
 
@@ -126,12 +133,21 @@ class OnnxModel:
             limit = np.minimum(limit, by_input)
         return np.maximum(limit, min(room, max(1, options["min_length"] + 1)))
 
-    def _filter(self, log_probs: np.ndarray, steps: int, limits: np.ndarray, options: dict) -> np.ndarray:
-        eos = self.eos
-        keep = log_probs[:, eos].copy()
+    def _suppressed(self, options: dict, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+        """Masks added to every step's log-probabilities ``(vocab,)``, and to the first step's: the
+        special ids (but ``</s>``) and ``suppress_tokens``; first also ``suppress_at_start``."""
+        mask = np.zeros(vocab, np.float32)
         start, stop = self.settings.get("special_ids") or (0, self.settings["special_tokens"])  # (older exports)
-        log_probs[:, start:stop] = NEG_INF  # never generated, but </s>
-        log_probs[:, eos] = keep
+        mask[start:stop] = NEG_INF  # never generated, but </s>
+        mask[self.eos] = 0.0
+        mask[[i for i in options.get("suppress_tokens") or () if 0 <= i < vocab]] = NEG_INF
+        first = mask.copy()
+        first[[i for i in options.get("suppress_at_start") or () if 0 <= i < vocab]] = NEG_INF
+        return mask, first
+
+    def _filter(self, log_probs: np.ndarray, steps: int, limits: np.ndarray, options: dict, masks) -> np.ndarray:
+        eos = self.eos
+        log_probs += masks[1] if steps == 0 else masks[0]  # (mmseq.search._Suppress)
         if steps < options["min_length"]:
             log_probs[:, eos] = NEG_INF
         at_limit = steps + 1 >= limits
@@ -162,11 +178,12 @@ class OnnxModel:
         eos, batch = self.eos, memory_mask.shape[0]
         max_new = int(limits.max())
         log_probs, self_kv = self._start(cross_kv, memory_mask, prefix)
+        masks = self._suppressed(options, log_probs.shape[-1])
         out = np.full((batch, max_new), eos, np.int64)
         totals = np.zeros(batch, np.float32)
         alive = np.arange(batch)
         for step in range(max_new):
-            log_probs = self._filter(log_probs, step, limits[alive], options)
+            log_probs = self._filter(log_probs, step, limits[alive], options, masks)
             token = log_probs.argmax(-1)
             totals[alive] += log_probs[np.arange(len(alive)), token]
             out[alive, step] = token
@@ -190,6 +207,7 @@ class OnnxModel:
         batch = memory_mask.shape[0]
         max_new = int(limits.max())
         log_probs, self_kv = self._start(cross_kv, memory_mask, prefix)
+        masks = self._suppressed(options, log_probs.shape[-1])
         # Each input's rows: its beam, which shares the input's cross-attention keys and values.
         log_probs, self_kv = log_probs.repeat(beam, 0), self_kv.repeat(beam, 2)
         lengths = np.arange(1, max_new + 1, dtype=np.float32)
@@ -202,7 +220,7 @@ class OnnxModel:
         pool_tokens = np.full((batch, beam, max_new), eos, np.int64)
         for step in range(max_new):
             inputs = len(alive)
-            log_probs = self._filter(log_probs, step, limits[alive].repeat(beam), options)
+            log_probs = self._filter(log_probs, step, limits[alive].repeat(beam), options, masks)
             width = log_probs.shape[-1]
             totals = (scores.reshape(-1, 1) + log_probs).reshape(inputs, beam * width)
             top_scores, top_index = _topk(totals, min(2 * beam, beam * width))

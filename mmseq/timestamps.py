@@ -7,15 +7,17 @@ Two ways to place the words of a chosen hypothesis in time:
   starts at the first frame of its first token and ends after the last frame of its last token.
   Its confidence is the mean posterior of its aligned frames.
 * ``"attention"`` (any model): dynamic time warping over the decoder's cross-attention, teacher
-  forced on the hypothesis, as whisper's ``timing.py`` does: the weights of the heads of the upper
-  half of the layers are normalised per head over tokens, median-filtered over frames and
-  averaged; the cheapest monotonic path through their negation gives each token its frames.
-  Confidence: the decoder's mean token probability over the word.
+  forced on the hypothesis, as whisper's ``timing.py`` does: the weights of the decoder's
+  alignment heads (its config's ``alignment_heads``, such as Whisper's; else every head of the
+  upper half of the layers) are normalised per head over tokens, median-filtered over frames and
+  averaged; the cheapest monotonic path through their negation gives each token the frame where
+  it starts. Confidence: the decoder's mean token probability over the word.
 
-Both place a word by the model's frames (40 ms apart after subsampling), and a CTC head fires at
-a token's start, so a word's end comes out early by about its last sound. ``refine=True`` (the
-default) then moves each boundary to where the sound is (:func:`refine_by_energy`): an end forward
-while the audio stays loud, a start back while it was, never past the neighbouring word.
+Both place a word by the model's frames (40 ms apart in mmseq's speech encoder, 20 ms in
+Whisper's), and a CTC head fires at a token's start, so a word's end comes out early by about its
+last sound. ``refine=True`` (the default) then moves each boundary to where the sound is
+(:func:`refine_by_energy`): an end forward while the audio stays loud, a start back while it was,
+never past the neighbouring word.
 
 Long recordings are split into windows as :mod:`mmseq.longform` does; every window is decoded
 and aligned on its own and its times are shifted by its start, so times stay absolute.
@@ -24,13 +26,18 @@ and aligned on its own and its times are shifted by its start, so times stay abs
 from __future__ import annotations
 
 import json
+import math
+import string
+import unicodedata
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
-from .longform import HOP_SECONDS, LongformOptions, Window, continuation_prompt, frame_energy, split_audio
+from .longform import (HOP_SECONDS, LongformOptions, Window, continuation_prompt, fit_window, frame_energy,
+                       split_audio)
 from .plots import word_groups
 
 
@@ -92,45 +99,89 @@ def ctc_words(model, log_probs: torch.Tensor, tokens: list[int], frame_rate: flo
     return words
 
 
-def _cross_attention(model, memory, memory_mask, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced cross-attention of every head of the upper half of the decoder's layers
-    ``(heads, positions, frames)`` for one input, and the decoder's log-probabilities
-    ``(positions, vocab)``. Queries are caught with hooks, so the decoder itself is unchanged."""
-    decoder = model.decoder
-    layers = list(decoder.layers)[len(decoder.layers) // 2:]
-    queries = []
-    hooks = [layer.cross_q.register_forward_hook(lambda module, args, out: queries.append(out)) for layer in layers]
-    try:
-        logits = decoder(ids, memory, memory_mask)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    memory = decoder.memory_proj(memory)
-    weights = []
-    for layer, q in zip(layers, queries):
-        keys = layer.memory_kv(memory)[0]  # (1, heads, frames, head_dim)
-        q = q.view(1, q.shape[1], layer.heads, -1).transpose(1, 2)  # (1, heads, positions, head_dim)
-        scores = (q @ keys.transpose(-1, -2)) / q.shape[-1] ** 0.5
-        weights.append(scores.masked_fill(~memory_mask[:, None, None, :], float("-inf")).softmax(-1)[0])
-    return torch.cat(weights), logits[0].float().log_softmax(-1)
+def alignment_heads(decoder) -> list[tuple[int, int]]:
+    """The ``(layer, head)`` pairs whose cross-attention places the words: the decoder config's
+    ``alignment_heads`` (a pretrained model's own, such as Whisper's), else every head of the
+    upper half of the layers."""
+    config = decoder.config
+    if config.alignment_heads:
+        return [(int(layer), int(head)) for layer, head in config.alignment_heads]
+    layers = len(decoder.layers)
+    return [(layer, head) for layer in range(layers // 2, layers) for head in range(config.heads)]
 
 
-def dtw(cost: np.ndarray) -> np.ndarray:
+_WORD_STARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _places_word(text: str) -> bool:
+    """Whether a token's text holds more than whitespace and punctuation."""
+    return any(not (ch.isspace() or unicodedata.category(ch).startswith("P") or ch in string.punctuation)
+               for ch in text)
+
+
+def word_spans(tokenizer, tokens: list[int]) -> list[tuple[str, list[int]]]:
+    """The words of ``tokens``, each with the positions of the tokens that place it in time.
+
+    A word begins at a token the tokenizer marks as a word start
+    (:meth:`~mmseq.tokenizer.Tokenizer.word_starts`: Whisper's " Hello", sentencepiece's "▁hello",
+    a character tokenizer's space), so punctuation stays with its word (``'"Hello,'``). Its
+    punctuation and whitespace tokens do not place it (a pause after "Hello," is the comma's, as
+    whisper's timing gives it), unless it has nothing else.
+
+    >>> from mmseq.tokenizer import CharTokenizer
+    >>> tokenizer = CharTokenizer(list("a red,"))
+    >>> word_spans(tokenizer, tokenizer.encode("a red,"))
+    [('a', [0]), ('red,', [2, 3, 4])]
+    """
+    starts = _WORD_STARTS.get(tokenizer)
+    if starts is None:
+        starts = _WORD_STARTS[tokenizer] = tokenizer.word_starts()
+    groups: list[list[int]] = []
+    for position, token in enumerate(tokens):
+        if not groups or (0 <= token < len(starts) and starts[token]):
+            groups.append([])
+        groups[-1].append(position)
+    spans = []
+    for positions in groups:
+        text = tokenizer.decode([tokens[p] for p in positions]).strip()
+        pieces = {p: tokenizer.decode([tokens[p]]) for p in positions}
+        placing = [p for p in positions if _places_word(pieces[p])] or [p for p in positions if pieces[p].strip()]
+        if text and placing:
+            spans.append((text, placing))
+    return spans
+
+
+def dtw_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cheapest monotonic path through ``cost (rows, columns)`` from the top left to the bottom
-    right, moving right, down or diagonally; returns the row of every column ``(columns,)``
-    (the last row reached there)."""
+    right, each move right, down or diagonal: its ``(rows, columns)`` indices in order. Cells of
+    one anti-diagonal do not depend on each other, so each is computed in one array operation; on
+    a tie the path moves right (as whisper's ``dtw_cpu``)."""
     rows, columns = cost.shape
     total = np.full((rows + 1, columns + 1), np.inf)
     total[0, 0] = 0.0
-    for i in range(1, rows + 1):
-        for j in range(1, columns + 1):
-            total[i, j] = cost[i - 1, j - 1] + min(total[i - 1, j - 1], total[i - 1, j], total[i, j - 1])
-    row_of = np.zeros(columns, dtype=np.int64)
+    move = np.zeros((rows + 1, columns + 1), dtype=np.int8)  # 0 diagonal, 1 down, 2 right
+    for diagonal in range(2, rows + columns + 1):
+        i = np.arange(max(1, diagonal - columns), min(rows, diagonal - 1) + 1)
+        j = diagonal - i
+        across, down, right = total[i - 1, j - 1], total[i - 1, j], total[i, j - 1]
+        chosen = np.where((across < down) & (across < right), 0, np.where((down < across) & (down < right), 1, 2))
+        total[i, j] = cost[i - 1, j - 1] + np.choose(chosen, [across, down, right])
+        move[i, j] = chosen
+    path = []
     i, j = rows, columns
     while i > 0 and j > 0:
-        row_of[j - 1] = max(row_of[j - 1], i - 1)
-        step = np.argmin([total[i - 1, j - 1], total[i - 1, j], total[i, j - 1]])
+        path.append((i - 1, j - 1))
+        step = move[i, j]
         i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
+    found = np.array(path[::-1], dtype=np.int64).reshape(-1, 2)
+    return found[:, 0], found[:, 1]
+
+
+def dtw(cost: np.ndarray) -> np.ndarray:
+    """The row of every column ``(columns,)`` on :func:`dtw_path` (the last row reached there)."""
+    rows, columns = dtw_path(cost)
+    row_of = np.zeros(cost.shape[1], dtype=np.int64)
+    np.maximum.at(row_of, columns, rows)
     return row_of
 
 
@@ -143,30 +194,39 @@ def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def attention_words(model, memory, memory_mask, prompt: list[int], tokens: list[int],
-                    frame_rate: float, context: list[int] = ()) -> list[Word]:
-    """Words of ``tokens`` placed by DTW over the decoder's cross-attention (one input), teacher
-    forced after the ``context`` segment, ``<s>`` and ``prompt`` the search forced."""
-    groups = word_groups(model.tokenizer, tokens)
-    if not tokens or not groups:
+                    frame_rate: float, context: list[int] = (), frames: int | None = None) -> list[Word]:
+    """Words of ``tokens`` placed by dynamic time warping over the decoder's cross-attention (one
+    input), teacher forced after the ``context`` segment, ``<s>`` and the ``prompt`` the search
+    forced, and followed by ``</s>``, as whisper's ``timing.py`` does.
+
+    The weights of the :func:`alignment_heads` over the first ``frames`` memory frames (the audio's;
+    default: the mask's), made a softmax over those frames alone, are normalised per head over the
+    positions from ``<s>`` to ``</s>`` (mean and standard deviation), median-filtered over 7
+    frames and averaged over heads. The cheapest monotonic path through their negation, over the
+    rows that predict each token and then ``</s>``, enters each row at a frame: a word starts where
+    the row of its first token is entered and ends where the row after its last token is (tokens
+    as :func:`word_spans` places them). Confidence: the decoder's mean probability of those tokens."""
+    tokenizer, decoder = model.tokenizer, model.decoder
+    spans = word_spans(tokenizer, tokens)
+    if not tokens or not spans:
         return []
-    tokenizer = model.tokenizer
     sequence = list(context) + [tokenizer.bos_id] + list(prompt) + list(tokens) + [tokenizer.eos_id]
-    ids = torch.tensor([sequence[:-1]], device=memory.device)
-    weights, log_probs = _cross_attention(model, memory, memory_mask, ids)
-    first = len(context) + len(prompt)  # position p predicts token p + 1: the tokens follow the prefix
-    frames = int(memory_mask[0].sum())
-    weights = weights[:, first:first + len(tokens), :frames].float()  # (heads, tokens, frames)
-    weights = (weights - weights.mean(1, keepdim=True)) / weights.std(1, keepdim=True).clamp(min=1e-6)
-    matrix = _median_filter(weights, 7).mean(0).cpu().numpy()
-    row_of = dtw(-matrix.astype(np.float64))
-    token_log_probs = log_probs[first:first + len(tokens)].gather(1, torch.tensor(tokens, device=log_probs.device)[:, None])
-    probs = token_log_probs[:, 0].exp().cpu().numpy()
-    words = []
-    for text, positions in groups:
-        columns = np.nonzero((row_of >= positions[0]) & (row_of <= positions[-1]))[0]
-        start, end = (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 0)
-        words.append(Word(text, start / frame_rate, end / frame_rate, float(probs[positions].mean())))
-    return words
+    ids = torch.tensor([sequence], device=memory.device)
+    logits, weights = decoder(ids, memory, memory_mask, return_attention=alignment_heads(decoder))
+    frames = min(int(memory_mask[0].sum()), frames or memory.shape[1])
+    weights = weights[0, :, len(context):, :frames].float()  # (heads, <s> .. </s>, frames)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)  # a softmax over the audio's frames
+    deviation, mean = torch.std_mean(weights, dim=1, keepdim=True, correction=0)
+    matrix = _median_filter((weights - mean) / deviation.clamp(min=1e-8), 7).mean(0)
+    first = len(prompt)  # the row of the prompt's last token (of <s> without one) predicts the first token
+    matrix = matrix[first:first + len(tokens) + 1]  # (tokens + 1, frames): the last row predicts </s>
+    rows, columns = dtw_path(-matrix.double().cpu().numpy())
+    entered = columns[np.concatenate([[True], np.diff(rows) > 0])]  # (tokens + 1,) frame each row is entered
+    at = len(context) + first
+    token_ids = torch.tensor(tokens, device=logits.device)[:, None]
+    probs = logits[0, at:at + len(tokens)].float().log_softmax(-1).gather(1, token_ids)[:, 0].exp().cpu().numpy()
+    return [Word(text, float(entered[positions[0]]) / frame_rate, float(entered[positions[-1] + 1]) / frame_rate,
+                 float(probs[positions].mean())) for text, positions in spans]
 
 
 def refine_by_energy(words: list[Word], piece: torch.Tensor, sample_rate: int, quiet: float = 0.3) -> list[Word]:
@@ -228,7 +288,11 @@ def _align(model, piece, hypothesis, method, task, context) -> list[Word]:
         if method == "ctc":
             log_probs = model.ctc_log_probs(memory, ctc_head)[0, :frames]
             return ctc_words(model, log_probs, list(hypothesis.tokens), rate)
-        return attention_words(model, memory, mask, list(hypothesis.prompt), list(hypothesis.tokens), rate, context)
+        # An encoder that pads every input to a fixed window (Whisper's 30 s) has memory past the
+        # audio: its words are placed in the audio's frames only.
+        audio = max(1, math.ceil(piece.shape[-1] * rate / task.encoder.sample_rate - 1e-6))
+        return attention_words(model, memory, mask, list(hypothesis.prompt), list(hypothesis.tokens), rate, context,
+                               frames=min(frames, audio))
 
 
 def _decode_pieces(model, task, pieces: list, prompts: list, batch_size: int, **options) -> list:
@@ -291,7 +355,7 @@ def timed_transcripts(model, sources, batch_size: int = 16, method: str = "auto"
     """
     task_ = model.route(task, "asr").task
     method = _method(model, method, task_)
-    longform = longform or LongformOptions()
+    longform = fit_window(longform or LongformOptions(), task_.encoder)  # no longer than the encoder takes
     rate = task_.encoder.sample_rate
     later = continuation_prompt(model.tokenizer, prompt)
     context = task_.context_ids(options.get("context"))  # one context (str or words) for every window
@@ -304,7 +368,8 @@ def timed_transcripts(model, sources, batch_size: int = 16, method: str = "auto"
                 raise
             results.append(error)
             continue
-        plan = split_audio(x, rate, longform, model) if len(x) > longform.window * rate else [Window(0, len(x))]
+        long = len(x) > longform.window * rate
+        plan = split_audio(x, rate, longform, model, task_.name) if long else [Window(0, len(x))]
         pieces = [x[w.start:w.end] for w in plan]
         prompts = [prompt] + [later] * (len(pieces) - 1)
         hyps = _decode_pieces(model, task_, pieces, prompts, batch_size, **options)

@@ -171,3 +171,36 @@ def test_prompt_tuning_and_lora_on_an_imported_whisper(tiny, tmp_path, settings)
     assert sum(f.stat().st_size for f in folder.iterdir()) < 2_000_000  # a small folder pointing to its base
     tuned = mmseq.load(folder)
     assert "domain" in tuned.routes
+
+
+def test_int8_compute_type(tiny):
+    model, quantized = mmseq.load(tiny), mmseq.load(tiny, compute_type="int8")
+    assert any("quantized" in type(m).__module__ for m in quantized.modules())
+    batch = batch_of(1.0, 2.0)
+    tokens = torch.tensor([[model.tokenizer.bos_id] + model.route().task.prompt()] * 2)
+    with torch.no_grad():
+        exact = model.decoder(tokens, *model.encode(batch["inputs"], batch["lengths"])).log_softmax(-1)
+        close = quantized.decoder(tokens, *quantized.encode(batch["inputs"], batch["lengths"])).log_softmax(-1)
+    assert (exact.argmax(-1) == close.argmax(-1)).float().mean() > 0.7
+    assert (exact - close).abs().max() < 1.0
+    assert len(quantized.generate(batch, beam_size=2, max_length=4)) == 2
+    with pytest.raises(mmseq.errors.ConfigError, match="float32 or int8"):
+        mmseq.load(tiny, compute_type="int4")
+
+
+def test_feature_padding_zeros_is_faster_whispers(tiny):
+    """faster-whisper pads the log-mel features with zeros (and keeps 10 ms of silence after the
+    audio); openai-whisper and transformers pad the waveform with silence."""
+    model = mmseq.load(tiny)
+    encoder = model.route().encoder
+    batch = batch_of(1.0)
+    seen = []
+    hook = encoder.conv1.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        encoder(batch["inputs"], batch["lengths"])
+        encoder.feature_padding = "zeros"
+        encoder(batch["inputs"], batch["lengths"])
+    hook.remove()
+    silence, zeros = seen
+    assert torch.equal(silence[..., :101], zeros[..., :101])
+    assert bool((zeros[..., 101:] == 0).all()) and bool((silence[..., 105:] < -0.5).all())

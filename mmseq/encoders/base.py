@@ -38,6 +38,8 @@ class Encoder(nn.Module):
 
     Optional attributes used by plots and long-audio decoding:
         ``frame_rate``: memory frames per second of audio (speech).
+        ``window_samples``: the longest input it takes (speech; Whisper's 30 s): long audio is cut
+            into windows no longer than this.
         ``grid_shape``: ``(rows, cols)`` of the last batch's memory grid (images), row-major.
 
     What the tasks ask of an encoder of their modality:

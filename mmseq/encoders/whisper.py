@@ -83,6 +83,9 @@ class WhisperEncoder(Encoder):
         tail: seconds of silence after each input's audio, the whole at most the window (30: every
             input a whole window, as Whisper; 0: its real length; see the module).
         spec_augment: SpecAugment on the log-mels while training (fine-tuning).
+        feature_padding: what follows the audio in a window: ``"silence"`` (its log-mel, as
+            openai-whisper and transformers pad the waveform) or ``"zeros"`` (zero log-mel frames,
+            as faster-whisper pads the features: its outputs, token for token).
     """
 
     modality = "speech"
@@ -90,13 +93,16 @@ class WhisperEncoder(Encoder):
     frame_rate = SAMPLE_RATE / HOP / 2  # 50 memory frames a second
 
     def __init__(self, n_mels: int = 80, dim: int = 512, heads: int = 8, layers: int = 6, positions: int = 1500,
-                 tail: float = 30.0, spec_augment: bool = False):
+                 tail: float = 30.0, spec_augment: bool = False, feature_padding: str = "silence"):
         super().__init__()
         self.output_dim = dim
         self.window_samples = positions * 2 * HOP
         if not 0 <= tail * SAMPLE_RATE <= self.window_samples:
             raise ConfigError(f"whisper encoder: tail={tail} must be between 0 and {self.window_samples / SAMPLE_RATE:g} s")
         self.tail_samples = int(tail * SAMPLE_RATE)
+        if feature_padding not in ("silence", "zeros"):
+            raise ConfigError(f"whisper encoder: feature_padding={feature_padding!r}: silence or zeros")
+        self.feature_padding = feature_padding
         filters = torchaudio.functional.melscale_fbanks(N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE,
                                                         norm="slaney", mel_scale="slaney")
         self.register_buffer("filters", filters, persistent=False)  # (frequencies, n_mels)
@@ -116,10 +122,13 @@ class WhisperEncoder(Encoder):
         if longest > self.window_samples:
             raise InputError(f"audio of {longest / SAMPLE_RATE:.1f} s is longer than Whisper's "
                              f"{self.window_samples / SAMPLE_RATE:.0f}-s window: decode it as long audio")
+        audio_frames = torch.div(lengths, HOP, rounding_mode="floor") + 1  # the audio's and 10 ms after
         if self.tail_samples > 0:  # every input is its audio then silence, at most a window of them
             lengths = (lengths + self.tail_samples).clamp(max=self.window_samples)
             inputs = F.pad(inputs[:, :longest], (0, int(lengths.max()) - longest))
         mels, frames = log_mel(inputs, lengths, self.filters)
+        if self.feature_padding == "zeros":
+            mels = mels * lengths_to_mask(audio_frames, mels.shape[-1])[:, None, :]
         if self.spec_augment is not None and self.training:
             mels = self.spec_augment(mels.transpose(1, 2), frames).transpose(1, 2)
         real = lengths_to_mask(frames, mels.shape[-1])[:, None, :]

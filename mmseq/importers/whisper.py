@@ -77,7 +77,8 @@ def non_speech_tokens(tokenizer) -> list[int]:
     return sorted(found)
 
 
-def whisper_config(source: WhisperSource, tokenizer, tail: float = 30.0, language: str = "en") -> dict:
+def whisper_config(source: WhisperSource, tokenizer, tail: float = 30.0, language: str = "en",
+                   feature_padding: str = "silence") -> dict:
     """The checkpoint ``config.json`` of an imported Whisper."""
     dims = source.dims
     names = tokenizer.special_tokens
@@ -91,7 +92,7 @@ def whisper_config(source: WhisperSource, tokenizer, tail: float = 30.0, languag
     at_start = source.suppress_blank_ids if source.suppress_blank_ids is not None else blank + [eos]
     encoder = {"name": "whisper", "n_mels": dims["n_mels"], "dim": dims["n_audio_state"],
                "heads": dims["n_audio_head"], "layers": dims["n_audio_layer"], "positions": dims["n_audio_ctx"],
-               "tail": tail}
+               "tail": tail, "feature_padding": feature_padding}
     decoder = {"dim": dims["n_text_state"], "layers": dims["n_text_layer"], "heads": dims["n_text_head"],
                "ffn_dim": 4 * dims["n_text_state"], "dropout": 0.0, "max_length": dims["n_text_ctx"],
                "scale_embedding": False,
@@ -130,7 +131,7 @@ def whisper_tokenizer(source: WhisperSource, folder: Path):
 
 
 def import_whisper(src: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
-                   tail: float = 30.0, language: str = "en"):
+                   tail: float = 30.0, language: str = "en", feature_padding: str = "silence"):
     """Read a Whisper checkpoint ``src`` (checked: shapes, completeness) and write the mmseq
     checkpoint folder ``out`` atomically; returns the loaded model."""
     from ..model import build_model
@@ -138,7 +139,7 @@ def import_whisper(src: str | os.PathLike, out: str | os.PathLike, tokenizer: st
     source = read_whisper(src, tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         bpe = whisper_tokenizer(source, Path(tmp))
-        config = whisper_config(source, bpe, tail, language)
+        config = whisper_config(source, bpe, tail, language, feature_padding)
         model = build_model(config, tmp)
     weights = mmseq_weights(source)
     expected = model.state_dict()
