@@ -22,6 +22,8 @@ def test_recipe_config_loads(path):
         assert config.model.encoder["name"] in ENCODERS
     if config.prompt_tuning.base:  # the task is the base checkpoint's, the route a new one
         assert config.prompt_tuning.task and config.task is None
+    elif config.trainer.init_from:  # fine-tuning: the model, its tasks and tokenizer are the checkpoint's
+        assert config.task is None and config.model.tasks == {}
     else:
         assert config.task in TASKS or config.task == "multitask"
 
