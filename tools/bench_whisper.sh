@@ -21,6 +21,5 @@ bench --systems mmseq --mmseq-model exp/whisper-base-fw --beam 1
 bench --systems transformers --hf-model exp/whisper-base-hf --beam 1
 bench --systems faster-whisper-f32 --beam 5
 bench --systems mmseq --mmseq-model exp/whisper-base --beam 5
-bench --systems mmseq --mmseq-model exp/whisper-base-t10 --beam 5
 bench --systems mmseq --mmseq-model exp/whisper-base-fw --beam 5
 bench --systems transformers --hf-model exp/whisper-base-hf --beam 5
