@@ -422,6 +422,8 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None, co
     files are corrupt, and :class:`ConfigError` when its config names an unknown component.
     """
     from .checks import check_checkpoint_config, check_task_encoder, check_weights
+    if compute_type not in ("float32", "int8"):
+        raise ConfigError(f"compute_type={compute_type!r}: float32 or int8")
     folder = Path(folder)
     config = read_config(folder)
     if "prompt_tuning" in config:  # a small folder: a pointer to its base and a soft prompt
@@ -457,6 +459,4 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None, co
     model.training_record = dict(training) if isinstance(training, dict) else {}
     model.eval()
     model = model.to(device) if device is not None else model
-    if compute_type not in ("float32", "int8"):
-        raise ConfigError(f"compute_type={compute_type!r}: float32 or int8")
     return quantize(model) if compute_type == "int8" else model
