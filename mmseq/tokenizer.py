@@ -295,6 +295,8 @@ class BPETokenizer(Tokenizer):
             unknown = [t for t in tokens if t not in self._special_ids]
             if unknown:
                 raise TokenizerError(f"tokenizer slot {slot!r} names unknown tokens {unknown[:3]}")
+        # id -> its slot, made once: merge_prompt runs for every example read and every search
+        self._slot_of = {self._special_ids[t]: slot for slot, tokens in self.slots.items() for t in tokens}
 
     @property
     def vocab_size(self) -> int:
@@ -317,7 +319,7 @@ class BPETokenizer(Tokenizer):
         return self.backend.decode(ids, skip_special_tokens=True).strip()
 
     def merge_prompt(self, base: list[int], more: list[int]) -> list[int]:
-        slot_of = {self._special_ids[t]: slot for slot, tokens in self.slots.items() for t in tokens}
+        slot_of = self._slot_of
         merged = list(base)
         rest = []
         for i in more:

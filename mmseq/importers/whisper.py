@@ -81,10 +81,7 @@ def whisper_config(source: WhisperSource, tokenizer, tail: float = 30.0, languag
                    feature_padding: str = "silence") -> dict:
     """The checkpoint ``config.json`` of an imported Whisper."""
     dims = source.dims
-    names = tokenizer.special_tokens
-    sot, translate = names.index("<|startoftranscript|>"), names.index("<|translate|>")
-    languages = names[sot + 1:translate]
-    multilingual = bool(languages) and dims["n_vocab"] >= 51865
+    multilingual = "language" in tokenizer.slots and dims["n_vocab"] >= 51865
     prompt = ([f"<|{language}|>", "<|transcribe|>"] if multilingual else []) + ["<|notimestamps|>"]
     eos = tokenizer.eos_id
     blank = tokenizer.backend.encode(" ", add_special_tokens=False).ids
