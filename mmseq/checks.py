@@ -127,7 +127,7 @@ LAYERS = {  # shared by the decoder and the encoders that have these settings
 
 
 def check_decoding(options, prefix: str = "decoding", source: str = "") -> None:
-    """The ranges of :class:`mmseq.search.DecodingOptions` (a dataclass or a dict of its fields)."""
+    """The ranges of :class:`mmseq.decoding.search.DecodingOptions` (a dataclass or a dict of its fields)."""
     check_fields(options, DECODING, prefix, source)
     values = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options
     if "nbest" in values and "beam_size" in values and values["nbest"] > values["beam_size"]:

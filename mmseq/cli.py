@@ -42,7 +42,7 @@ def _options(args) -> dict:
     if args.lm:
         names.update(lm=args.lm, lm_weight=0.3 if args.lm_weight is None else args.lm_weight)
     if getattr(args, "window", None) is not None:
-        from .longform import LongformOptions
+        from .inference.longform import LongformOptions
         before, after = args.silence or (LongformOptions.silence_before, LongformOptions.silence_after)
         names["longform"] = LongformOptions(window=args.window, split=args.split, segment_pause=args.segment_pause,
                                             silence_before=before, silence_after=after)
@@ -53,12 +53,12 @@ def _load(args):
     import torch
 
     from .checks import check_arguments
-    from .model import load
+    from .checkpoint import load
     check_arguments(args)  # every option in its range, before loading (mmseq/checks.py)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load(args.checkpoint, device, getattr(args, "compute_type", "float32"))
     if getattr(args, "prompt_tuning", None):
-        from .prompt_tuning import apply_prompt_tuning
+        from .checkpoint import apply_prompt_tuning
         apply_prompt_tuning(model, args.prompt_tuning, args.checkpoint)
     return model
 
@@ -81,7 +81,7 @@ def command_train(args) -> int:
             return 128 + int(stop.sigval)
         return 0
     from .config import load_config
-    from .train import train
+    from .training.trainer import train
     best = train(load_config(args.config, args.overrides))  # output_dir is checked before any work
     if best is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
@@ -89,7 +89,7 @@ def command_train(args) -> int:
 
 
 def command_eval(args) -> int:
-    from .evaluate import evaluate
+    from .inference.evaluate import evaluate
     out = args.out or Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
     model = _load(args)  # (evaluate checks the --out folder before decoding)
     metrics = evaluate(model, args.manifest, out, batch_size=args.batch_size, prompt=args.prompt, task=args.task,
@@ -104,19 +104,20 @@ def command_eval(args) -> int:
 
 def _decode_files(args) -> int:
     if getattr(args, "timestamps", None):  # word times: JSON lines, SRT or VTT (mmseq/timestamps.py)
-        from .timestamps import write_timed
+        from .inference.timestamps import write_timed
         model = _load(args)
         route = model.route(args.task, "asr")
-        options = _options(args)
+        from .decoding.lm import with_lm
+        options = with_lm(_options(args), model)
         options.pop("previous_text", None)  # timed windows are decoded together (mmseq/timestamps.py)
         return write_timed(model, args.inputs, args.timestamps, args.batch_size, prompt=args.prompt, task=route.name,
                            **options)
-    from .batch import command
+    from .inference.batch import command
     return command(args, _load, _options(args), args.batch_task)
 
 
 def command_average(args) -> int:
-    from .average import average_checkpoints, select_checkpoints
+    from .training.average import average_checkpoints, select_checkpoints
     if args.last is None and args.best is None:
         folders = args.checkpoints
     elif len(args.checkpoints) == 1:
@@ -142,15 +143,15 @@ def command_export(args) -> int:
         out = export_whisper_transformers(args.checkpoint, args.out, args.task)
         print(f"wrote {out} (load it with transformers' WhisperForConditionalGeneration.from_pretrained)")
         return 0
-    from .onnx_export import export_onnx
-    print(f"wrote {export_onnx(args.checkpoint, args.out, args.task)} (run it with mmseq.onnx_runner.OnnxModel)")
+    from .exporters.onnx import export_onnx
+    print(f"wrote {export_onnx(args.checkpoint, args.out, args.task)} (run it with mmseq.inference.onnx_runner.OnnxModel)")
     return 0
 
 
 def command_ngram(args) -> int:
     import time
 
-    from .ngram import build
+    from .decoding.ngram import build
     start = time.perf_counter()
     sizes = build(args.checkpoint, args.texts, args.out, args.order, args.prune, args.arpa)
     print(f"wrote {args.out} ({', '.join(f'{v} {k}' for k, v in sizes.items())}) in {time.perf_counter() - start:.0f} s"
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _decoding_arguments(p)
     p.set_defaults(run=command_eval)
 
-    from .batch import add_arguments as add_batch_arguments
+    from .inference.batch import add_arguments as add_batch_arguments
     for name, noun, task in (("transcribe", "audio", "asr"), ("caption", "image", "caption"),
                              ("translate", "text", "text")):
         p = commands.add_parser(name, help=f"one {'transcript' if name == 'transcribe' else 'caption'} per {noun} "

@@ -14,8 +14,8 @@ import yaml
 from . import checks
 from .errors import ConfigError, InputError
 from .model import ModelConfig
-from .scst import SCSTConfig
-from .search import DecodingOptions
+from .training.scst import SCSTConfig
+from .decoding.search import DecodingOptions
 from .tokenizer import TASK_TOKENS
 
 

@@ -1,7 +1,7 @@
 """The one text decoder every task shares: a pre-norm Transformer with cross-attention over any
 encoder's ``(memory, mask)``, tied input and output embeddings, and an explicit KV cache.
 
-The cache is owned by the decoding loop (see :mod:`mmseq.search`), not hidden in module state:
+The cache is owned by the decoding loop (see :mod:`mmseq.decoding.search`), not hidden in module state:
 ``init_cache`` computes the cross-attention keys and values once per input, ``step`` appends the
 new tokens' self-attention keys and values, and ``DecoderCache.reorder`` follows the beam with one
 index operation.

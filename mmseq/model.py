@@ -1,26 +1,24 @@
 """``Seq2Seq``: a table of task routes (each an encoder, an optional CTC head, decoding settings
-and a prompt) over one shared text decoder; building it from a config and loading checkpoint
-folders (``config.json`` + ``model.safetensors`` + tokenizer files)."""
+and a prompt) over one shared text decoder, and its training losses. Decoding
+(:mod:`mmseq.decoding.generate`) and the Python API (:mod:`mmseq.inference.api`) are bound to it
+as methods; checkpoint folders are read and written by :mod:`mmseq.checkpoint`."""
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import __version__
-from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_weights, write_folder, write_weights
 from .decoder import DecoderConfig, TextDecoder
+from .decoding.generate import decode_texts, generate
+from .decoding.search import DecodingOptions
 from .encoders import ENCODERS, create_encoder
-from .errors import CheckpointError, ConfigError, InputError, TokenizerError
-from .search import DecodingOptions, Hypothesis, beam_search, fused_scorers, greedy_search
+from .errors import ConfigError, InputError
+from .inference.api import caption, transcribe, translate
 from .tasks import TASKS, TaskTable, create_task
-from .tokenizer import Tokenizer, build_tokenizer
+from .tokenizer import Tokenizer
 
 
 ROUTE_KEYS = ("task", "encoder", "ctc_weight", "batch_size", "decoding", "prompt", "prompting")
@@ -96,7 +94,7 @@ class Seq2Seq(nn.Module):
         self.tokenizer = tokenizer
         self.decoding = DecodingOptions(**(decoding or {}))
         self.training_record: dict = {}  # how the weights were trained beyond cross-entropy (e.g. SCST's reward)
-        self.prompt_tuning: dict | None = None  # the base pointer of a prompt-tuned model (mmseq.prompt_tuning)
+        self.prompt_tuning: dict | None = None  # the base pointer of a prompt-tuned model (mmseq.training.prompt_tuning)
         table = route_table(config, task)
         self.encoders = nn.ModuleDict()
         for name, entry in table.items():
@@ -131,17 +129,6 @@ class Seq2Seq(nn.Module):
                                       float(entry.get("batch_size") or 1.0))
         self.task = TaskTable({name: route.task for name, route in self.routes.items()},
                               {name: route.batch_size for name, route in self.routes.items()})
-        self._register_load_state_dict_pre_hook(self._upgrade_weights)
-
-    def _upgrade_weights(self, state_dict, prefix, *args) -> None:
-        """Weights saved before the route table (a single-task model's ``encoder.*`` and
-        ``ctc_head.*``) go to its one route's ``encoders.<name>.*`` and ``ctc_heads.<name>.*``."""
-        if len(self.routes) != 1:
-            return
-        name = next(iter(self.routes))
-        for old, new in (("encoder.", "encoders."), ("ctc_head.", "ctc_heads.")):
-            for key in [k for k in state_dict if k.startswith(prefix + old)]:
-                state_dict[prefix + new + name + "." + key[len(prefix + old):]] = state_dict.pop(key)
 
     def route(self, name: str | None = None, kind: str | None = None) -> Route:
         """The route called ``name``; without a name, the model's only route (of task ``kind``,
@@ -228,151 +215,12 @@ class Seq2Seq(nn.Module):
         return F.ctc_loss(log_probs, tokens[is_text], memory_mask.sum(1), is_text.sum(1),
                           blank=self.tokenizer.pad_id, reduction="sum", zero_infinity=True)
 
-    # -- decoding ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, batch: dict, prompt=None, lm=None, scorers=(), context=None,
-                 **options) -> list[list[Hypothesis]]:
-        """Decode a batch (``inputs``, ``lengths``); returns n-best hypotheses per input, best first.
-
-        ``prompt``: prompt tokens and/or a text prefix the decoder is forced through after the
-        task token (a string such as ``"<|short|> a photo of"``, or ids), or a list of them, one
-        per input; it is not scored, and ``Hypothesis.output`` starts with it. ``context``: text
-        that conditions the output (the sentence before, names or words to expect), forced before
-        ``<s>`` in its own segment and never part of the output: a string for every input, or a
-        list of one per input (each a string or a list of words). A batch from a task's
-        ``collate`` brings each example's own prompt and context (``prompts``, ``contexts``);
-        ``prompt`` adds to them, ``context`` replaces them.
-
-        ``lm``: a :class:`mmseq.lm.LanguageModel` (or its checkpoint folder) or an n-gram
-        :class:`mmseq.lm.NGramLM` (or its folder or ARPA file) fused with weight ``lm_weight``.
-        ``options`` override the checkpoint's :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more ``(scorer, weight)``
-        pairs fused with the decoder (:class:`mmseq.scorers.Scorer`). With ``timestamp_tokens=True``
-        the output holds the tokenizer's timestamp tokens, and the prompt drops the token that asks
-        for none (:meth:`~mmseq.tokenizer.Tokenizer.timestamp_prompt`).
-        """
-        route = self.route(batch.get("task"))
-        options = DecodingOptions(**{**asdict(self.decoding), **route.decoding, **options}).check()
-        count = batch["inputs"].shape[0]
-        extra = _per_input(prompt, count, "prompt", self.tokenizer.encode_prompt)
-        prompts = [self.tokenizer.timestamp_prompt(self.tokenizer.merge_prompt(route.task.prompt(), list(own) + more),
-                                                   options.timestamp_tokens)
-                   for own, more in zip(batch.get("prompts") or [[]] * count, extra)]
-        contexts = batch.get("contexts") or [[]] * count
-        if context is not None:
-            contexts = _per_input(context, count, "context", route.task.context_ids, words=True)
-        if isinstance(lm, (str, os.PathLike)):
-            from .lm import load_lm
-            lm = load_lm(lm, self.tokenizer, self.device)
-        if lm is not None and options.lm_weight > 0:
-            lm.check_tokenizer(self.tokenizer)
-        else:
-            lm = None
-        inputs = batch["inputs"].to(self.device)
-        lengths = batch.get("lengths")
-        memory, memory_mask = route.encoder(inputs, lengths.to(self.device) if lengths is not None else None)
-        ctc = self.ctc_log_probs(memory, route.ctc_head) if options.ctc_weight > 0 and route.ctc_head is not None else None
-        # Inputs of one prompt are searched together (the fused scorers condition on it); contexts
-        # of any length share a search (left-padded, see mmseq.search).
-        groups: dict[tuple, list[int]] = {}
-        for i, ids in enumerate(prompts):
-            groups.setdefault(tuple(ids), []).append(i)
-        results: list = [None] * count
-        for ids, members in groups.items():
-            part = None if len(members) == count else torch.tensor(members, device=self.device)
-            pick = (lambda x: x) if part is None else (lambda x: x.index_select(0, part))
-            fused = fused_scorers(self, options, None if ctc is None else pick(ctc), lm, scorers)
-            group_context = [contexts[i] for i in members]
-            if options.beam_size == 1 and not fused:
-                found = [[hyp] for hyp in greedy_search(self, pick(memory), pick(memory_mask), list(ids), options,
-                                                        context=group_context)]
-            else:
-                found = beam_search(self, pick(memory), pick(memory_mask), list(ids), options, scorers=fused,
-                                    context=group_context)
-            for i, hyps in zip(members, found):
-                results[i] = hyps
-        return results
-
-    def decode_texts(self, batch: dict, **options) -> list[str]:
-        """Best text per input; a forced text prefix of the prompt starts it."""
-        return [self.tokenizer.decode(hyps[0].output) if hyps else "" for hyps in self.generate(batch, **options)]
-
-    def _run(self, sources, batch_size: int, kind: str, task: str | None = None, **options) -> list[str]:
-        """Decode many inputs in length-sorted batches, results in input order, by route ``task``
-        (default: the model's only route of ``kind``). Every readable input is decoded; then a
-        bad one raises :class:`mmseq.inference.UnreadableInputsError` (its ``.results`` keep the
-        others), or with ``errors="report"`` its error takes its place. See
-        :func:`mmseq.inference.decode_sources`."""
-        from .inference import decode_sources
-
-        return decode_sources(self, sources, batch_size=batch_size, task=self.route(task, kind).name, **options)
-
-    def transcribe(self, audio, batch_size: int = 16, task: str | None = None, timestamps: bool = False,
-                   **options) -> list:
-        """Transcripts of audio files, waveforms (at the encoder's sample rate) or both; ``task``
-        picks the route of a model with several speech routes. With ``timestamps=True``:
-        :class:`mmseq.timestamps.TimedTranscript` objects (``.text``, ``.segments``, ``.words`` with
-        start and end seconds and a confidence); see :func:`mmseq.timestamps.timed_transcripts` for
-        its options (``method``, ``longform``)."""
-        if timestamps:
-            from .timestamps import timed_transcripts
-            return timed_transcripts(self, audio, batch_size, task=self.route(task, "asr").name, **options)
-        return self._run(audio, batch_size, "asr", task, **options)
-
-    def caption(self, images, batch_size: int = 16, task: str | None = None, **options) -> list[str]:
-        """Captions of image files, PIL images or both."""
-        return self._run(images, batch_size, "caption", task, **options)
-
-    def translate(self, texts, batch_size: int = 16, task: str | None = None, **options) -> list[str]:
-        """Target texts of source texts (text-to-text routes)."""
-        return self._run(texts, batch_size, "text", task, **options)
-
-    # -- checkpoints ------------------------------------------------------------------------
-    def checkpoint_config(self) -> dict:
-        model = {"decoder": self.config.decoder, "label_smoothing": self.config.label_smoothing,
-                 "tasks": self.config.tasks}
-        return {"mmseq_version": __version__, "model": model, "tokenizer": self.tokenizer.config(),
-                "decoding": asdict(self.decoding), "training": self.training_record}
-
-    def save(self, folder: str | os.PathLike, write_extra=None, state_dict: dict | None = None) -> Path:
-        """Write a checkpoint folder atomically (see :func:`mmseq.checkpoint.write_folder`).
-
-        ``write_extra(tmp_folder)`` may add files (the trainer's state) inside the same rename.
-        ``state_dict``: weights to write instead of this module's own (the trainer passes weights
-        gathered from sharded training). A prompt-tuned model writes its pointer and soft prompt only."""
-        if self.prompt_tuning is not None:
-            from .prompt_tuning import save
-            return save(self, folder, write_extra, state_dict)
-
-        def write(tmp: Path) -> None:
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.checkpoint_config(), indent=1))
-            write_weights(self.state_dict() if state_dict is None else state_dict, tmp / WEIGHTS_FILE)
-            self.tokenizer.save(tmp)
-            if write_extra is not None:
-                write_extra(tmp)
-
-        return write_folder(folder, write)
-
-
-def _per_input(value, count: int, name: str, encode, words: bool = False) -> list[list[int]]:
-    """``prompt=`` or ``context=`` of :meth:`Seq2Seq.generate` as ids for each of ``count`` inputs:
-    None (nothing), one value for all (a string, or ids), or a list of one value per input. With
-    ``words`` a per-input value may itself be a list of words."""
-    if value is None:
-        return [[] for _ in range(count)]
-    if isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value)
-                                  and not (words and value)):
-        ids = encode(value) if isinstance(value, str) else list(value)
-        return [list(ids) for _ in range(count)]
-    values = list(value)
-    if len(values) != count:
-        raise InputError(f"{name}= holds {len(values)} values for {count} inputs: give one value, or one per input")
-    return [[] if v is None else (encode(v) if isinstance(v, str) or words else list(v)) for v in values]
-
-
-def _one_line(error: Exception, limit: int = 300) -> str:
-    """An error's message on one line (torch's span many), cut to ``limit`` characters."""
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    # Decoding and the Python API, bound as methods (mmseq/decoding/generate.py, mmseq/inference/api.py).
+    generate = generate
+    decode_texts = decode_texts
+    transcribe = transcribe
+    caption = caption
+    translate = translate
 
 
 def _build_encoder(settings: dict, where: str):
@@ -391,72 +239,3 @@ def _build_encoder(settings: dict, where: str):
     return encoder, {"name": name, **settings}
 
 
-def build_model(config: dict, folder: str | os.PathLike | None = None) -> Seq2Seq:
-    """A model from a checkpoint-style config dict (``model``, ``tokenizer``, ``decoding``, and
-    ``task`` for the one-route shorthand of checkpoints written before the route table)."""
-    for key in ("model", "tokenizer"):
-        if key not in config:
-            raise ConfigError(f"config lacks {key!r}")
-    tokenizer = build_tokenizer(config["tokenizer"], folder)
-    return Seq2Seq(ModelConfig(**config["model"]), tokenizer, config.get("task"), config.get("decoding"))
-
-
-def quantize(model: Seq2Seq) -> Seq2Seq:
-    """The model with its linear layers' weights in int8 (dynamic quantization, CPU inference):
-    each matrix product runs on 8-bit weights and activations quantized on the fly, as
-    CTranslate2's ``int8``; the tied output projection, convolutions and norms stay float32."""
-    import warnings
-
-    if model.device.type != "cpu":
-        raise InputError("int8 (dynamic quantization) runs on the CPU; load the model there")
-    with warnings.catch_warnings():  # torch 2.11 points to torchao for this API, which it still serves
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8, inplace=True)
-
-
-def load(folder: str | os.PathLike, device: str | torch.device | None = None, compute_type: str = "float32") -> Seq2Seq:
-    """Load a checkpoint folder. Reads only JSON and safetensors: nothing in it is executed.
-    ``compute_type="int8"``: for inference on the CPU, the linear layers in int8 (:func:`quantize`).
-
-    Raises :class:`CheckpointError` when the folder is missing, holds only pickled weights, or its
-    files are corrupt, and :class:`ConfigError` when its config names an unknown component.
-    """
-    from .checks import check_checkpoint_config, check_task_encoder, check_weights
-    if compute_type not in ("float32", "int8"):
-        raise ConfigError(f"compute_type={compute_type!r}: float32 or int8")
-    folder = Path(folder)
-    config = read_config(folder)
-    if "prompt_tuning" in config:  # a small folder: a pointer to its base and a soft prompt
-        from .prompt_tuning import load_prompt_tuned
-        return load_prompt_tuned(folder, config, device)
-    check_checkpoint_config(config, folder / CONFIG_FILE)  # every setting in range (mmseq/checks.py)
-    try:
-        # The checkpoint's own weights replace any pretrained backbone: don't fetch or re-read those.
-        model_config = config.get("model", {})
-        tasks = model_config.get("tasks") if isinstance(model_config.get("tasks"), dict) else {}
-        for encoder in [model_config.get("encoder", {})] + [t.get("encoder") for t in tasks.values() if isinstance(t, dict)]:
-            if isinstance(encoder, dict):
-                encoder.update({k: v for k, v in (("pretrained", False), ("pretrained_file", None)) if k in encoder})
-        model = build_model(config, folder)
-    except TokenizerError as error:
-        raise CheckpointError(f"{folder}: unusable tokenizer ({error})") from None
-    except ConfigError as error:
-        raise ConfigError(f"{folder / CONFIG_FILE}: {error}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
-        # A setting this version does not know, or a value of the wrong type.
-        raise ConfigError(f"{folder / CONFIG_FILE}: describes no model mmseq can build "
-                          f"({type(error).__name__}: {_one_line(error)})") from None
-    for route in model.routes.values():
-        check_task_encoder(route.kind, route.encoder, f"model.tasks.{route.name}.encoder", str(folder / CONFIG_FILE))
-    try:
-        weights = read_weights(folder / WEIGHTS_FILE)
-        model._upgrade_weights(weights, "")
-        check_weights(weights, model.state_dict(), str(folder / WEIGHTS_FILE))
-        model.load_state_dict(weights, strict=True)
-    except (OSError, RuntimeError, ValueError) as error:
-        raise CheckpointError(f"{folder / WEIGHTS_FILE}: corrupt or incompatible weights ({_one_line(error)})") from None
-    training = config.get("training")
-    model.training_record = dict(training) if isinstance(training, dict) else {}
-    model.eval()
-    model = model.to(device) if device is not None else model
-    return quantize(model) if compute_type == "int8" else model

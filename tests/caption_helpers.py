@@ -72,7 +72,7 @@ def cider_before_and_after_scst(model, corpus: Path, out: Path) -> tuple[float, 
     after. ``model``'s route for the corpus is its caption route (any other routes are left alone)."""
     from pycocoevalcap.cider.cider import Cider
 
-    from mmseq.scst import SCSTConfig, SelfCriticalObjective
+    from mmseq.training.scst import SCSTConfig, SelfCriticalObjective
 
     def cider(batch):
         model.eval()

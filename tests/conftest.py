@@ -128,7 +128,7 @@ def write_train_config(folder: Path, train: Path, valid: Path | None = None, **t
 def trained(tmp_path_factory):
     """A tiny ASR model trained for two epochs: ``(config_path, output_dir, train_manifest)``."""
     from mmseq.config import load_config
-    from mmseq.train import train
+    from mmseq.training.trainer import train
 
     root = tmp_path_factory.mktemp("trained")
     manifest = write_speech_corpus(root / "corpus")

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import mmseq
 import json
 
 import pytest
 import torch
 
 from conftest import TINY_ENCODER, make_model
-from mmseq.average import average_checkpoints, select_checkpoints
+from mmseq.training.average import average_checkpoints, select_checkpoints
 from mmseq.cli import main
 from mmseq.errors import CheckpointError, ConfigError
-from mmseq.model import load
+from mmseq.checkpoint import load
 
 
 def fake_run(folder, char_tokenizer, steps=(10, 20, 30), best=((0.5, 20), (0.7, 10))):
     """A training output folder with checkpoints of different random weights."""
     for number, step in enumerate(steps):
         checkpoint = folder / "checkpoints" / f"step-{step:08d}"
-        make_model(char_tokenizer, seed=number).save(checkpoint)
+        mmseq.save(make_model(char_tokenizer, seed=number), checkpoint)
         state = {"step": step, "best": [[metric, f"step-{s:08d}"] for metric, s in best]}
         (checkpoint / "trainer_state.json").write_text(json.dumps(state))
     return folder
@@ -54,8 +55,8 @@ def test_last_and_best_selection(tmp_path, char_tokenizer):
 
 
 def test_checkpoints_of_different_models_are_refused(tmp_path, char_tokenizer):
-    make_model(char_tokenizer).save(tmp_path / "a")
-    make_model(char_tokenizer, encoder=dict(TINY_ENCODER, dim=16, heads=2)).save(tmp_path / "b")
+    mmseq.save(make_model(char_tokenizer), tmp_path / "a")
+    mmseq.save(make_model(char_tokenizer, encoder=dict(TINY_ENCODER, dim=16, heads=2)), tmp_path / "b")
     with pytest.raises(CheckpointError, match="different model"):
         average_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "avg")
 

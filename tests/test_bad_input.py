@@ -27,7 +27,7 @@ from conftest import TINY_DECODER, TINY_ENCODER, make_model, sentences, write_sp
 from mmseq.data.audio import load_audio
 from mmseq.data.images import load_image
 from mmseq.errors import InputError, ManifestError
-from mmseq.inference import iter_decode
+from mmseq.inference.run import iter_decode
 from mmseq.model import ModelConfig, Seq2Seq
 from mmseq.tasks import ExampleDataset
 from mmseq.tokenizer import CharTokenizer
@@ -282,7 +282,7 @@ def _texts_name_lengths(model, monkeypatch):
 def test_transcribe_reports_bad_files_and_keeps_every_other_text_in_order(speech_model, tmp_path, monkeypatch):
     """The Python API: ``errors="report"`` returns every good file's text in its place and the
     bad file's InputError in its; the default raises, naming each bad file, with every text kept."""
-    from mmseq.inference import UnreadableInputsError
+    from mmseq.inference.run import UnreadableInputsError
 
     sources, bad = _good_and_bad_audio(tmp_path)
     _texts_name_lengths(speech_model, monkeypatch)
@@ -485,7 +485,7 @@ def test_bad_images_among_good_lose_no_result(caption_model, tmp_path):
 def test_caption_reports_a_bad_image_among_good_ones(caption_model, tmp_path):
     """``caption([...])``: a truncated image in the middle of good ones is named; the good
     images' captions are those they get alone, in input order."""
-    from mmseq.inference import UnreadableInputsError
+    from mmseq.inference.run import UnreadableInputsError
 
     good = []
     for i in range(4):
@@ -621,7 +621,7 @@ def test_text_longer_than_the_decoder_is_skipped_in_training_and_scored_in_evalu
 
 
 def test_evaluation_reports_every_bad_line_and_file_and_keeps_the_rest(speech_model, tmp_path, capsys):
-    from mmseq.evaluate import evaluate
+    from mmseq.inference.evaluate import evaluate
 
     manifest = _speech_folder(tmp_path)
     good = manifest.read_text().splitlines()
@@ -664,7 +664,7 @@ def _training_corpus(tmp_path) -> tuple[Path, int]:
 
 def _train(manifest, out, *overrides):
     from mmseq.config import load_config
-    from mmseq.train import train
+    from mmseq.training.trainer import train
 
     settings = [f"data.train={manifest}", f"output_dir={out}", "trainer.max_epochs=2", "data.batch_size=3",
                 "data.num_workers=0", "trainer.warmup_steps=1", "trainer.log_every=1", "trainer.device=cpu",
@@ -716,7 +716,7 @@ def test_validation_names_and_counts_its_unreadable_examples(tmp_path, capfd):
 
 
 def test_training_stops_with_a_clear_error_past_the_limit(tmp_path):
-    from mmseq.train import TrainingError
+    from mmseq.training.trainer import TrainingError
 
     manifest, bad = _training_corpus(tmp_path)
     with pytest.raises(TrainingError, match=r"more than data.max_bad_examples=5"):

@@ -1,6 +1,7 @@
 """Batch jobs of ``transcribe`` / ``caption`` / ``translate``: inputs from folders, globs, manifests
 and stdin; results in JSONL, CSV and TSV read back; resume after a kill; failures and the summary."""
 
+import mmseq
 import io
 import json
 import subprocess
@@ -14,7 +15,7 @@ from PIL import Image
 
 from caption_helpers import COLORS, make_caption_model, word_tokenizer
 from conftest import SAMPLE_RATE, TINY_DECODER, TINY_ENCODER, sentences, tone
-from mmseq.batch import Inputs, OutputError, ResultWriter, columns, read_results, run_batch
+from mmseq.inference.batch import Inputs, OutputError, ResultWriter, columns, read_results, run_batch
 from mmseq.cli import main
 
 
@@ -29,7 +30,7 @@ def caption_job(tmp_path_factory):
     """A saved tiny caption model and a folder tree of images (and files that are not images)."""
     root = tmp_path_factory.mktemp("caption_job")
     model = make_caption_model(word_tokenizer(root))
-    model.save(root / "ckpt")
+    mmseq.save(model, root / "ckpt")
     colors = list(COLORS.values())
     images = root / "images"
     names = ["a.png", "b.jpg", "sub/c.PNG", "sub/deeper/d.webp", "sub/e.bmp", "f.png"]
@@ -133,7 +134,7 @@ def test_nbest_lists_hold_scored_hypotheses_best_first(caption_job, tmp_path, su
     checkpoint, images, _ = caption_job
     out = tmp_path / f"nbest{suffix}"
     assert main(["caption", str(checkpoint), str(images), "--output", str(out), "--nbest", "3"]) == 0
-    from mmseq.model import load
+    from mmseq.checkpoint import load
     model = load(checkpoint, "cpu")
     rows = read_results(out)
     assert len(rows) == 6
@@ -230,7 +231,7 @@ def test_failures_are_written_counted_and_exit_non_zero_then_redone_by_resume(ca
 
 def test_the_progress_bar_counts_all_inputs(caption_job, capsys):
     checkpoint, images, expected = caption_job
-    from mmseq.model import load
+    from mmseq.checkpoint import load
     written = []
     summary = run_batch(load(checkpoint, "cpu"), Inputs([str(images)], "caption"),
                         lambda *result: written.append(result), progress=True)
@@ -251,7 +252,7 @@ def speech_job(tmp_path_factory):
     model = Seq2Seq(ModelConfig(encoder=dict(TINY_ENCODER), decoder=dict(TINY_DECODER), ctc_weight=0.3),
                     CharTokenizer.train(sentences(50), prompt_tokens=["<|asr|>"]), "asr",
                     {"beam_size": 1, "max_length": 6}).eval()
-    model.save(root / "ckpt")
+    mmseq.save(model, root / "ckpt")
     for k, name in enumerate(["a.wav", "b.flac", "x/c.wav"]):
         (root / "audio" / name).parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(root / "audio" / name, tone(0.4, 300 + 100 * k, k), SAMPLE_RATE)
@@ -293,7 +294,7 @@ def text_checkpoint(tmp_path_factory):
     config = ModelConfig(encoder={"name": "text", "tokenizer": {"type": "char", "vocab": "0123456789"}, **tiny},
                          decoder=dict(tiny, layers=2, max_length=48), ctc_weight=0.0, label_smoothing=0.0)
     model = Seq2Seq(config, CharTokenizer.train(["one two three"]), "text", {"beam_size": 1, "max_length": 5}).eval()
-    model.save(root / "ckpt")
+    mmseq.save(model, root / "ckpt")
     return root / "ckpt", model
 
 

@@ -1,6 +1,7 @@
 """The captioning task: one example per image with all its references, evaluation against all of them,
 batches, bad endings given as words, and `mmseq eval` on a caption checkpoint."""
 
+import mmseq
 import json
 from types import SimpleNamespace
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from caption_helpers import COLORS, IMAGE_SIZE, captions_of, make_caption_model, word_tokenizer, write_caption_corpus
 
-from mmseq.search import DecodingOptions, _bad_endings, _filter, beam_search, greedy_search
+from mmseq.decoding.search import DecodingOptions, _bad_endings, _filter, beam_search, greedy_search
 from mmseq.tasks import ExampleDataset
 from mmseq.tokenizer import CharTokenizer
 
@@ -156,7 +157,7 @@ def test_eval_on_a_caption_checkpoint_writes_the_caption_metrics(model, corpus, 
     from mmseq.cli import main
     from mmseq.metrics import caption_metrics
 
-    model.save(tmp_path / "checkpoint")
+    mmseq.save(model, tmp_path / "checkpoint")
     out = tmp_path / "eval"
     assert main(["eval", str(tmp_path / "checkpoint"), str(corpus), "--out", str(out), "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mmseq.cider as cider
-from mmseq.cider import (
+import mmseq.metrics.cider as cider
+from mmseq.metrics.cider import (
     CiderD,
     document_frequencies,
     load_document_frequencies,

@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_model, waveform_batch
 from mmseq.errors import InputError
-from mmseq.scorers import ContextBoost
+from mmseq.decoding.scorers import ContextBoost
 
 
 def step(scorer, state, token):

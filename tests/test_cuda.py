@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.cuda,
 
 def train_losses(folder, manifest, **trainer) -> list[float]:
     from mmseq.config import load_config
-    from mmseq.train import train
+    from mmseq.training.trainer import train
 
     config = write_train_config(folder, manifest, device="cuda", **trainer)
     train(load_config(config))
@@ -67,7 +67,7 @@ def test_resume_on_gpu_matches_an_uninterrupted_run(corpus, tmp_path):
     from safetensors.torch import load_file
 
     from mmseq.config import load_config
-    from mmseq.train import train
+    from mmseq.training.trainer import train
 
     first = write_train_config(tmp_path / "resumed", corpus, device="cuda", precision="fp32", max_epochs=1)
     train(load_config(first))

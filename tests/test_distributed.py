@@ -16,7 +16,7 @@ import torch
 
 from mmseq.config import load_config
 from mmseq.data.batching import BucketBatchSampler
-from mmseq.train import Trainer
+from mmseq.training.trainer import Trainer
 from test_train import ROOT, training_config, weights
 
 COUNT, MAX_EXAMPLES = 19, 3  # 7 batches: six of 3 and one of 1, so two ranks share the last one

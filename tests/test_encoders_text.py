@@ -1,6 +1,7 @@
 """Text encoder: source tokenizers (characters, sentencepiece; given or learned from a manifest),
 the checkpoint keeping them without the files they came from, shapes, masks and bad sources."""
 
+import mmseq
 import json
 
 import pytest
@@ -100,7 +101,7 @@ def test_checkpoint_keeps_the_source_tokenizer_without_its_files(kind, manifest,
     if kind == "sentencepiece":
         settings["vocab_size"] = 40
     model = _text_model(settings, char_tokenizer)
-    model.save(tmp_path / "checkpoint")
+    mmseq.save(model, tmp_path / "checkpoint")
     manifest.unlink()  # the checkpoint must not need the file it learned from
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())["model"]["tasks"]["text"]["encoder"]
     assert "train_from" not in saved["tokenizer"] and saved["name"] == "text"

@@ -71,8 +71,8 @@ def test_sigkill_at_random_moments_always_leaves_loadable_checkpoints(tokenizer,
     """A child saves in a loop, over one folder and into new ones; it is killed at random times.
     After every kill, every checkpoint folder loads, and the overwritten one holds a whole model."""
     first, second = make_model(tokenizer, seed=0), make_model(tokenizer, seed=1)
-    first.save(tmp_path / "same")
-    first.save(tmp_path / "step-0")
+    mmseq.save(first, tmp_path / "same")
+    mmseq.save(first, tmp_path / "step-0")
     expected = {weights_of(tmp_path / "same").sum().item()}
     expected.add(second.decoder.embed.weight.sum().item())
     rng = random.Random(0)
@@ -84,8 +84,8 @@ def test_sigkill_at_random_moments_always_leaves_loadable_checkpoints(tokenizer,
             os.close(read)
             os.write(write, b"go")
             for i in range(1, 1000):
-                (second if i % 2 else first).save(tmp_path / "same")
-                second.save(tmp_path / f"step-{trial}-{i}")
+                mmseq.save(second if i % 2 else first, tmp_path / "same")
+                mmseq.save(second, tmp_path / f"step-{trial}-{i}")
             os._exit(0)
         os.close(write)
         os.read(read, 2)  # the child is saving from here on
@@ -142,7 +142,7 @@ KILL_POINTS = {
 @pytest.mark.parametrize("into", ["same-folder", "new-folder"])
 def test_sigkill_at_each_step_of_a_save_keeps_the_previous_checkpoint(point, into, tokenizer, tmp_path, monkeypatch):
     old, new = make_model(tokenizer, seed=0), make_model(tokenizer, seed=1)
-    old.save(tmp_path / "previous")
+    mmseq.save(old, tmp_path / "previous")
     target = tmp_path / ("previous" if into == "same-folder" else "next")
     before = weights_of(tmp_path / "previous")
 
@@ -154,7 +154,7 @@ def test_sigkill_at_each_step_of_a_save_keeps_the_previous_checkpoint(point, int
                 die()
         else:
             KILL_POINTS[point](monkeypatch)
-        new.save(target, extra)
+        mmseq.save(new, target, extra)
 
     status = run_child(work)
     # A save into a new folder never swaps nor removes anything: those points are not reached.
@@ -172,23 +172,23 @@ def test_sigkill_at_each_step_of_a_save_keeps_the_previous_checkpoint(point, int
 def test_without_an_atomic_swap_the_save_still_replaces_the_folder(tokenizer, tmp_path, monkeypatch):
     """File systems without renameat2's exchange: two renames, the old folder removed."""
     monkeypatch.setattr(model_module, "_exchange", lambda new, old: False)
-    make_model(tokenizer, seed=0).save(tmp_path / "c")
+    mmseq.save(make_model(tokenizer, seed=0), tmp_path / "c")
     new = make_model(tokenizer, seed=1)
-    new.save(tmp_path / "c")
+    mmseq.save(new, tmp_path / "c")
     assert torch.equal(weights_of(tmp_path / "c"), new.decoder.embed.weight)
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
 
 
 def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_folder(tokenizer, tmp_path, monkeypatch):
     old = make_model(tokenizer, seed=0)
-    old.save(tmp_path / "c")
+    mmseq.save(old, tmp_path / "c")
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(__import__("safetensors.torch").torch, "save_file", full)
     with pytest.raises(OSError, match="No space left"):
-        make_model(tokenizer, seed=1).save(tmp_path / "c")
+        mmseq.save(make_model(tokenizer, seed=1), tmp_path / "c")
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
     assert torch.equal(weights_of(tmp_path / "c"), old.decoder.embed.weight)
 
@@ -196,7 +196,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_folder(toke
 # -- corrupt files ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("keep", [0, 7, 100, "half", "all-but-one"])
 def test_truncated_weights_are_reported_as_corrupt(keep, tokenizer, tmp_path):
-    folder = make_model(tokenizer).save(tmp_path / "c")
+    folder = mmseq.save(make_model(tokenizer), tmp_path / "c")
     weights = folder / "model.safetensors"
     data = weights.read_bytes()
     keep = {"half": len(data) // 2, "all-but-one": len(data) - 1}.get(keep, keep)
@@ -206,7 +206,7 @@ def test_truncated_weights_are_reported_as_corrupt(keep, tokenizer, tmp_path):
 
 
 def test_flipped_bytes_in_the_header_are_reported_as_corrupt(tokenizer, tmp_path):
-    folder = make_model(tokenizer).save(tmp_path / "c")
+    folder = mmseq.save(make_model(tokenizer), tmp_path / "c")
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[10:20] = b"\xff" * 10
@@ -224,7 +224,7 @@ def _settings(manifest: Path, out: Path, *extra) -> list[str]:
 
 def _train(manifest, out, *extra):
     from mmseq.config import load_config
-    from mmseq.train import train
+    from mmseq.training.trainer import train
 
     return train(load_config(None, _settings(manifest, out, *extra)))
 
@@ -232,7 +232,7 @@ def _train(manifest, out, *extra):
 @pytest.fixture
 def two_checkpoints(tmp_path):
     """An output folder holding the checkpoints of epochs 1 and 2 of a tiny run."""
-    from mmseq.train import list_checkpoints
+    from mmseq.training.trainer import list_checkpoints
 
     manifest = write_speech_corpus(tmp_path / "data", 8)
     _train(manifest, tmp_path / "out", "trainer.max_epochs=2")
@@ -287,7 +287,7 @@ def test_resume_falls_back_past_other_corrupt_files(damage, two_checkpoints, cap
 def test_no_loadable_checkpoint_stops_instead_of_starting_afresh(two_checkpoints):
     """Every checkpoint corrupt: a clear error naming the folder and the newest's fault; nothing
     new is written over the old run (and the folder's lock is released)."""
-    from mmseq.train import TrainingError
+    from mmseq.training.trainer import TrainingError
 
     manifest, out, checkpoints = two_checkpoints
     for folder in checkpoints:
@@ -301,7 +301,7 @@ def test_no_loadable_checkpoint_stops_instead_of_starting_afresh(two_checkpoints
 
 
 def test_leftover_temporary_folders_are_ignored_on_resume(two_checkpoints, capfd):
-    from mmseq.train import list_checkpoints
+    from mmseq.training.trainer import list_checkpoints
 
     manifest, out, (older, newer) = two_checkpoints
     (newer.parent / f".step-99999999.tmp-deadbeef").mkdir()
@@ -313,7 +313,7 @@ def test_leftover_temporary_folders_are_ignored_on_resume(two_checkpoints, capfd
 LOCK_HOLDER = """
 import sys, time
 from mmseq.config import load_config
-from mmseq.train import Trainer
+from mmseq.training.trainer import Trainer
 trainer = Trainer(load_config(None, sys.argv[1:]))
 trainer.setup()
 print("locked", flush=True)
@@ -322,7 +322,7 @@ time.sleep(120)
 
 
 def test_a_second_run_on_the_same_folder_is_refused_and_changes_nothing(tmp_path):
-    from mmseq.train import TrainingError
+    from mmseq.training.trainer import TrainingError
 
     manifest = write_speech_corpus(tmp_path / "data", 8)
     out = tmp_path / "out"

@@ -53,7 +53,7 @@ def backbone_weights(folder: Path, prefix: str) -> dict:
 
 def train_tiny(tmp_path: Path, pretrained: Path, trainable: str, downsample: int = 2):
     from mmseq.config import load_config
-    from mmseq.train import train
+    from mmseq.training.trainer import train
 
     manifest = write_speech_corpus(tmp_path / "corpus", count=6)
     encoder = {"name": "hf_audio", "model": str(pretrained), "trainable": trainable, "downsample": downsample}
@@ -69,7 +69,7 @@ def train_tiny(tmp_path: Path, pretrained: Path, trainable: str, downsample: int
 @pytest.mark.parametrize("kind,trainable", [("wav2vec2", "none"), ("wav2vec2", "last:1"),
                                             ("whisper", "none"), ("whisper", "last:1")])
 def test_trains_saves_and_reloads_without_the_pretrained_folder(tmp_path, kind, trainable):
-    from mmseq.model import load
+    from mmseq.checkpoint import load
 
     pretrained = save_tiny(kind, tmp_path / "pretrained")
     before = backbone_weights(pretrained, "encoder." if kind == "whisper" else "")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmseq.model import load
+from mmseq.checkpoint import load
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 EXPECTED = json.loads((LEGACY / "expected.json").read_text())

@@ -109,7 +109,7 @@ def test_a_model_trains_on_a_cutset_and_mmseq_eval_scores_one(tmp_path, capsys):
 
     from mmseq.cli import main
     from mmseq.config import load_config
-    from mmseq.train import Trainer
+    from mmseq.training.trainer import Trainer
 
     train, train_cuts = make_cutset(tmp_path / "train", count=12)
     valid, valid_cuts = make_cutset(tmp_path / "valid", count=4, seed=7)

@@ -3,6 +3,7 @@ scorer, and fused in beam search with exactly the weight asked for."""
 
 from __future__ import annotations
 
+import mmseq
 import json
 
 import pytest
@@ -11,9 +12,9 @@ import torch
 from conftest import TINY_DECODER, make_model, waveform_batch
 from mmseq.config import Config, DataConfig, TrainerConfig
 from mmseq.errors import ConfigError
-from mmseq.lm import LanguageModel
+from mmseq.decoding.lm import LanguageModel
 from mmseq.model import ModelConfig, Seq2Seq
-from mmseq.search import DecodingOptions, beam_search
+from mmseq.decoding.search import DecodingOptions, beam_search
 from mmseq.tokenizer import CharTokenizer
 
 PROMPTS = ["<|asr|>", "<|caption|>", "<|text|>", "<|short|>"]
@@ -23,7 +24,7 @@ SENTENCE = "the red cat sits"
 @pytest.fixture(scope="module")
 def trained_lm(tmp_path_factory):
     """An LM trained by the shared trainer on one sentence said many times."""
-    from mmseq.train import train
+    from mmseq.training.trainer import train
 
     folder = tmp_path_factory.mktemp("lm")
     manifest, valid = folder / "text.jsonl", folder / "valid.jsonl"
@@ -48,7 +49,7 @@ def test_trainer_trains_a_language_model(trained_lm):
 
 
 def test_loading_a_non_lm_checkpoint_is_refused(tmp_path, char_tokenizer):
-    make_model(char_tokenizer).save(tmp_path / "asr")
+    mmseq.save(make_model(char_tokenizer), tmp_path / "asr")
     with pytest.raises(ConfigError, match="not a language model"):
         LanguageModel.load(tmp_path / "asr")
 
@@ -89,7 +90,7 @@ def test_a_strong_language_model_steers_the_output(trained_lm):
     fused = model.decode_texts(batch, beam_size=4, ctc_weight=0.0, max_length=30, lm=lm, lm_weight=5.0)
     assert fused == [SENTENCE, SENTENCE] != plain
     # a folder works too, and the prompt's text prefix conditions the LM as well as the decoder
-    fused = model.decode_texts(batch, beam_size=2, ctc_weight=0.0, max_length=30, lm=str(trained_lm / "last"),
+    fused = model.decode_texts(batch, beam_size=2, ctc_weight=0.0, max_length=30, lm=mmseq.load_lm(str(trained_lm / "last"), model.tokenizer),
                                lm_weight=5.0, prompt="the red")
     assert fused == [SENTENCE, SENTENCE]
 

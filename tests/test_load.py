@@ -16,7 +16,7 @@ import pytest
 
 from mmseq import cli
 from mmseq.errors import InputError
-from mmseq.inference import iter_decode
+from mmseq.inference.run import iter_decode
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_load.py"
 FILES = 1000

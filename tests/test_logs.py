@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from mmseq.config import load_config
-from mmseq.logs import RunLog
-from mmseq.train import Trainer
+from mmseq.training.logs import RunLog
+from mmseq.training.trainer import Trainer
 from test_train import training_config
 
 pytest.importorskip("tensorboard")

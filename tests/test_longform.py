@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import make_model, sentences
-from mmseq.inference import decode_long
-from mmseq.longform import (LongformOptions, Window, energy_pauses, join_texts, merge_overlap,
+from mmseq.inference.run import decode_long
+from mmseq.inference.longform import (LongformOptions, Window, energy_pauses, join_texts, merge_overlap,
                             split_audio)
 
 RATE = 16000

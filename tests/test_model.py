@@ -10,7 +10,7 @@ from torch.nn import functional as F
 import mmseq
 from conftest import TINY_DECODER, TINY_ENCODER, make_model, waveform_batch
 from mmseq.errors import CheckpointError, ConfigError
-from mmseq.model import build_model
+from mmseq.checkpoint import build_model
 
 
 def training_batch(model, texts, seconds, prompt_extra=()):
@@ -121,7 +121,7 @@ def test_padding_in_the_batch_does_not_change_each_examples_loss(char_tokenizer)
 
 # -- checkpoints ----------------------------------------------------------------------------------
 def test_save_load_round_trip(tiny_model, tmp_path):
-    folder = tiny_model.save(tmp_path / "checkpoint")
+    folder = mmseq.save(tiny_model, tmp_path / "checkpoint")
     files = sorted(p.name for p in folder.iterdir())
     assert files == ["config.json", "model.safetensors"]  # a char tokenizer lives in config.json
     config = json.loads((folder / "config.json").read_text())
@@ -137,7 +137,7 @@ def test_save_load_round_trip(tiny_model, tmp_path):
         got = loaded.generate(batch, max_length=10, **options)
         assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in expected]
     # Saving again over an existing folder replaces it.
-    tiny_model.save(folder)
+    mmseq.save(tiny_model, folder)
     assert sorted(p.name for p in folder.iterdir()) == files
 
 
@@ -146,7 +146,7 @@ def test_sentencepiece_checkpoint_carries_its_model(tmp_path, texts):
 
     tokenizer = SentencePieceTokenizer.train(texts, vocab_size=40, out=tmp_path / "train" / "sp.model")
     model = make_model(tokenizer)
-    folder = model.save(tmp_path / "checkpoint")
+    folder = mmseq.save(model, tmp_path / "checkpoint")
     shutil.rmtree(tmp_path / "train")  # the checkpoint must not need the original file
     loaded = mmseq.load(folder)
     assert loaded.tokenizer.encode("the red cat") == tokenizer.encode("the red cat")
@@ -157,12 +157,12 @@ def test_decoding_settings_are_saved(char_tokenizer, tmp_path):
 
     model = Seq2Seq(ModelConfig(encoder=dict(TINY_ENCODER), decoder=dict(TINY_DECODER)), char_tokenizer, "asr",
                     {"beam_size": 3, "max_length_ratio": 0.5})
-    loaded = mmseq.load(model.save(tmp_path / "checkpoint"))
+    loaded = mmseq.load(mmseq.save(model, tmp_path / "checkpoint"))
     assert loaded.decoding.beam_size == 3 and loaded.decoding.max_length_ratio == 0.5
 
 
 def test_only_pickled_weights_are_refused(tiny_model, tmp_path):
-    folder = tiny_model.save(tmp_path / "checkpoint")
+    folder = mmseq.save(tiny_model, tmp_path / "checkpoint")
     (folder / "model.safetensors").unlink()
     torch.save(tiny_model.state_dict(), folder / "model.pt")
     with pytest.raises(CheckpointError, match="model.pt"):
@@ -177,18 +177,18 @@ def test_only_pickled_weights_are_refused(tiny_model, tmp_path):
 def test_missing_and_corrupt_checkpoints(tiny_model, tmp_path):
     with pytest.raises(CheckpointError, match="nope"):
         mmseq.load(tmp_path / "nope")
-    folder = tiny_model.save(tmp_path / "checkpoint")
+    folder = mmseq.save(tiny_model, tmp_path / "checkpoint")
     (folder / "model.safetensors").write_bytes(b"garbage" * 10)
     with pytest.raises(CheckpointError, match="model.safetensors"):
         mmseq.load(folder)
-    folder = tiny_model.save(tmp_path / "checkpoint2")
+    folder = mmseq.save(tiny_model, tmp_path / "checkpoint2")
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json"):
         mmseq.load(folder)
 
 
 def test_weights_of_another_shape_are_refused(char_tokenizer, tmp_path):
-    folder = make_model(char_tokenizer).save(tmp_path / "checkpoint")
+    folder = mmseq.save(make_model(char_tokenizer), tmp_path / "checkpoint")
     config = json.loads((folder / "config.json").read_text())
     config["model"]["decoder"]["layers"] = 3
     (folder / "config.json").write_text(json.dumps(config))
@@ -197,7 +197,7 @@ def test_weights_of_another_shape_are_refused(char_tokenizer, tmp_path):
 
 
 def test_unknown_encoder_task_or_missing_section_is_a_config_error(tiny_model, tmp_path):
-    folder = tiny_model.save(tmp_path / "checkpoint")
+    folder = mmseq.save(tiny_model, tmp_path / "checkpoint")
     original = json.loads((folder / "config.json").read_text())
     route = original["model"]["tasks"]["asr"]
     for change, message in [({"encoder": {"name": "wavlm-huge"}}, "wavlm-huge"), ({"task": "juggling"}, "juggling")]:
@@ -212,7 +212,7 @@ def test_unknown_encoder_task_or_missing_section_is_a_config_error(tiny_model, t
 def test_loading_never_unpickles(tiny_model, tmp_path, monkeypatch):
     import pickle
 
-    folder = tiny_model.save(tmp_path / "checkpoint")
+    folder = mmseq.save(tiny_model, tmp_path / "checkpoint")
     torch.save({"evil": 1}, folder / "model.pt")  # a pickle beside the weights is ignored
 
     def refuse(*args, **kwargs):

@@ -1,6 +1,7 @@
 """One model, several tasks: an encoder per task and one decoder; batches that never mix tasks;
 each sequence led by its task token; scores split by task; save, load, train and eval."""
 
+import mmseq
 import json
 import pickle
 
@@ -147,7 +148,7 @@ def test_save_load_and_decode_each_task(tokenizer, tmp_path):
     import mmseq
 
     model = make_model(tokenizer).eval()
-    model.save(tmp_path / "checkpoint")
+    mmseq.save(model, tmp_path / "checkpoint")
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
     assert "task" not in saved and set(saved["model"]["tasks"]) == {"asr", "text"}
     loaded = mmseq.load(tmp_path / "checkpoint")

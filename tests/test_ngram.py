@@ -3,6 +3,7 @@ fused in beam search with exactly the weight asked for."""
 
 from __future__ import annotations
 
+import mmseq
 import json
 import math
 from collections import Counter
@@ -12,9 +13,9 @@ import torch
 
 from conftest import make_model, waveform_batch
 from mmseq.errors import ConfigError, InputError
-from mmseq.ngram import BOS, EOS, arpa_word, count_ngrams, kneser_ney, read_arpa, train_ngram, write_arpa
-from mmseq.scorers import NGramLM
-from mmseq.search import DecodingOptions, beam_search
+from mmseq.decoding.ngram import BOS, EOS, arpa_word, count_ngrams, kneser_ney, read_arpa, train_ngram, write_arpa
+from mmseq.decoding.scorers import NGramLM
+from mmseq.decoding.search import DecodingOptions, beam_search
 from mmseq.tokenizer import CharTokenizer
 
 PROMPTS = ["<|asr|>", "<|caption|>", "<|text|>", "<|short|>"]
@@ -149,7 +150,7 @@ def test_a_strong_ngram_model_steers_the_output_and_loads_from_a_folder(tokenize
     fused = model.decode_texts(batch, beam_size=4, ctc_weight=0.0, max_length=30, lm=lm, lm_weight=5.0)
     assert fused == ["the red cat sits"] * 2 != plain
     lm.save(tmp_path / "ngram")
-    fused = model.decode_texts(batch, beam_size=2, ctc_weight=0.0, max_length=30, lm=str(tmp_path / "ngram"),
+    fused = model.decode_texts(batch, beam_size=2, ctc_weight=0.0, max_length=30, lm=mmseq.load_lm(str(tmp_path / "ngram"), model.tokenizer),
                                lm_weight=5.0, prompt="the red")  # the prompt's text conditions the n-grams too
     assert fused == ["the red cat sits"] * 2
 
@@ -158,7 +159,7 @@ def test_the_command_counts_a_checkpoints_tokens(tokenizer, tmp_path, capsys):
     from mmseq.cli import main
 
     model = make_model(tokenizer)
-    model.save(tmp_path / "asr")
+    mmseq.save(model, tmp_path / "asr")
     (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     (tmp_path / "more.txt").write_text("a red cat\n\nthe hat\n")
     assert main(["ngram", str(tmp_path / "asr"), str(tmp_path / "text.jsonl"), str(tmp_path / "more.txt"),

@@ -4,6 +4,7 @@ epochs inside mmseq, exported, decodes held-out audio to the same hypotheses as 
 
 from __future__ import annotations
 
+import mmseq
 import json
 import subprocess
 import sys
@@ -23,9 +24,9 @@ from mmseq.errors import CheckpointError, ConfigError  # noqa: E402
 def exported(tmp_path_factory):
     """(PyTorch model, ONNX runner, held-out batch) for a tiny model trained 8 epochs."""
     from mmseq.config import load_config
-    from mmseq.model import load
-    from mmseq.onnx_runner import OnnxModel
-    from mmseq.train import train
+    from mmseq.checkpoint import load
+    from mmseq.inference.onnx_runner import OnnxModel
+    from mmseq.training.trainer import train
 
     folder = tmp_path_factory.mktemp("onnx")
     manifest = write_speech_corpus(folder / "corpus", count=16)
@@ -78,7 +79,7 @@ def test_runner_transcribes_in_input_order(exported):
 def test_real_spectrogram_equals_torchaudio():
     import torchaudio
 
-    from mmseq.onnx_export import RealSpectrogram
+    from mmseq.exporters.onnx import RealSpectrogram
 
     waveforms = torch.randn(2, 4000)
     for settings in (dict(n_fft=400, hop_length=160, center=False), dict(n_fft=512, win_length=400, hop_length=160),
@@ -88,7 +89,7 @@ def test_real_spectrogram_equals_torchaudio():
 
 
 def test_runner_refuses_what_it_cannot_do(exported, tmp_path):
-    from mmseq.onnx_runner import OnnxModel
+    from mmseq.inference.onnx_runner import OnnxModel
 
     _, runner, batch = exported
     with pytest.raises(ConfigError, match="does not support 'ctc_weight'"):
@@ -109,14 +110,14 @@ def test_hf_audio_models_export(tmp_path, kind, char_tokenizer):
     """A transformers encoder goes through the export too (traced at 1 s, run at other lengths)."""
     pytest.importorskip("transformers")
     from conftest import make_model, waveform_batch
-    from mmseq.onnx_export import export_onnx
-    from mmseq.onnx_runner import OnnxModel
+    from mmseq.exporters.onnx import export_onnx
+    from mmseq.inference.onnx_runner import OnnxModel
     from test_hf_audio import WAV2VEC2, WHISPER
 
     encoder = dict(name="hf_audio", hf_config=WAV2VEC2 if kind == "wav2vec2" else WHISPER, pretrained=False,
                    downsample=2)
     model = make_model(char_tokenizer, encoder=encoder, seed=3)
-    model.save(tmp_path / "checkpoint")
+    mmseq.save(model, tmp_path / "checkpoint")
     runner = OnnxModel(export_onnx(tmp_path / "checkpoint", tmp_path / "onnx"))
     batch = waveform_batch([0.5, 0.8, 0.35], 0)
     for beam in (1, 3):

@@ -1,5 +1,6 @@
 """Plots: learning curves, and the decoder's cross-attention drawn on images and as speech alignments."""
 
+import mmseq
 import numpy as np
 import pytest
 import soundfile
@@ -67,7 +68,7 @@ def test_speech_alignment_plot_is_written(tiny_model, tmp_path):
 def test_cli_caption_draws_attention(caption_model, image_file, tmp_path, capsys):
     from mmseq.cli import main
 
-    caption_model.save(tmp_path / "checkpoint")
+    mmseq.save(caption_model, tmp_path / "checkpoint")
     out = tmp_path / "attention.png"
     assert main(["caption", str(tmp_path / "checkpoint"), str(image_file), "--attention", str(out), "--device", "cpu"]) == 0
     assert is_png(out, 200)

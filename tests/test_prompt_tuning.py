@@ -15,9 +15,10 @@ from safetensors.torch import load_file, save_file
 import mmseq
 from mmseq.config import load_config
 from mmseq.errors import CheckpointError, ConfigError
-from mmseq.prompt_tuning import add_route, apply_prompt_tuning, file_sha256
+from mmseq.adapters import add_route
+from mmseq.checkpoint import apply_prompt_tuning, file_sha256
 from mmseq.tasks import ExampleDataset, TaskTable
-from mmseq.train import train
+from mmseq.training.trainer import train
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TINY = dict(dim=32, layers=1, heads=2, ffn_dim=64, dropout=0.1)
@@ -78,7 +79,7 @@ def tuned(base, tmp_path_factory):
     root = tmp_path_factory.mktemp("tuned")
     config = tuning_config(root, base)
     capture = []
-    import mmseq.train as trainer_module
+    import mmseq.training.trainer as trainer_module
 
     log = trainer_module.Trainer.log_message
     trainer_module.Trainer.log_message = lambda self, text: (capture.append(text), log(self, text))[1]
@@ -299,7 +300,7 @@ def test_deep_prompt_tuning_keeps_its_per_layer_vectors_in_the_small_folder(base
 
 def test_onnx_export_refuses_a_prompt_tuned_route(tuned, tmp_path):
     pytest.importorskip("onnx")
-    from mmseq.onnx_export import export_onnx
+    from mmseq.exporters.onnx import export_onnx
 
     out, _ = tuned
     with pytest.raises(ConfigError, match="prompt-tuned"):
@@ -308,7 +309,7 @@ def test_onnx_export_refuses_a_prompt_tuned_route(tuned, tmp_path):
 
 
 def test_lora_adapters_travel_in_the_small_folder_and_learn_more_than_the_prompt(base, tuned, tmp_path):
-    from mmseq.lora import add_lora
+    from mmseq.adapters import add_lora
 
     config = tuning_config(tmp_path, base, lora=2)
     train(load_config(config, ["trainer.lr=0.01"]))

@@ -2,6 +2,7 @@
 search forces exactly the prefix training showed, and a batch mixing prefix lengths decodes as
 its inputs one at a time."""
 
+import mmseq
 import json
 
 import pytest
@@ -198,9 +199,9 @@ def test_a_model_trained_with_prompts_and_contexts_keeps_them_through_its_checkp
     import soundfile
 
     from mmseq.config import load_config
-    from mmseq.evaluate import evaluate
-    from mmseq.model import load
-    from mmseq.train import train
+    from mmseq.inference.evaluate import evaluate
+    from mmseq.checkpoint import load
+    from mmseq.training.trainer import train
 
     texts = sentences(12, seed=3)
     lines = []
@@ -239,7 +240,7 @@ def test_a_model_trained_with_prompts_and_contexts_keeps_them_through_its_checkp
 
 
 def test_long_audio_with_previous_text_gives_each_window_the_text_before_it():
-    from mmseq.longform import Window, decode_windows
+    from mmseq.inference.longform import Window, decode_windows
 
     calls = []
 
@@ -266,7 +267,7 @@ def test_transcribe_takes_each_manifest_lines_prompt_and_context_and_the_command
 
     model = speech_model(seed=1)
     model.decoding.max_length = 12  # a random model never ends: keep its texts short
-    folder = model.save(tmp_path / "ckpt")
+    folder = mmseq.save(model, tmp_path / "ckpt")
     paths, lines = [], []
     for i, seconds in enumerate([0.5, 0.7, 0.9]):
         path = tmp_path / f"a{i}.wav"

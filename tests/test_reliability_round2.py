@@ -58,7 +58,7 @@ def write_wav(path, samples, rate=RATE, header_rate=None) -> Path:
 
 @pytest.fixture
 def checkpoint(char_tokenizer, tmp_path) -> Path:
-    return make_model(char_tokenizer).save(tmp_path / "checkpoint")
+    return mmseq.save(make_model(char_tokenizer), tmp_path / "checkpoint")
 
 
 # -- class 2: bounded cost for any input ------------------------------------------------------
@@ -427,7 +427,7 @@ def tiny_training(folder: Path, **extra) -> Path:
 
 
 def test_resuming_with_another_model_size_is_refused(tmp_path, capsys):
-    from mmseq.train import Trainer
+    from mmseq.training.trainer import Trainer
 
     path = tiny_training(tmp_path)
     assert cli.main(["train", str(path)]) == 0
@@ -563,7 +563,7 @@ def test_image_fifo_and_urandom_say_what_they_are(fifo):
 
 
 def test_an_empty_training_manifest_with_sentencepiece(tmp_path):
-    from mmseq.train import Trainer, TrainingError
+    from mmseq.training.trainer import Trainer, TrainingError
 
     path = tiny_training(tmp_path, tokenizer__type="sentencepiece", tokenizer__vocab_size=20)
     empty = tmp_path / "empty.jsonl"

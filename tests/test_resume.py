@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import write_train_config
 from mmseq.config import load_config
-from mmseq.train import list_checkpoints, train
+from mmseq.training.trainer import list_checkpoints, train
 
 
 def weights(folder):

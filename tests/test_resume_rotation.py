@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from conftest import write_speech_corpus, write_train_config
 from mmseq.config import load_config
-from mmseq.train import list_checkpoints, train
+from mmseq.training.trainer import list_checkpoints, train
 
 SETTINGS = ["tokenizer.type=sentencepiece", "tokenizer.vocab_size=40", "trainer.keep_best=1", "trainer.keep_last=1"]
 
@@ -84,7 +84,7 @@ def test_a_signal_at_an_epochs_last_step_still_closes_that_epoch_on_resume(tmp_p
     rerun validates, counts the epoch and writes its checkpoint, as the run never stopped did."""
     import signal as signals
 
-    from mmseq.train import Trainer
+    from mmseq.training.trainer import Trainer
 
     manifest = write_speech_corpus(tmp_path / "corpus", count=8)
     config = load_config(write_train_config(tmp_path / "run", manifest, max_epochs=2), SETTINGS)

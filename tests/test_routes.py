@@ -93,7 +93,7 @@ def test_task_is_needed_only_when_the_input_does_not_say(tmp_path, capsys):
     model = Seq2Seq(config, tokenizer).eval()
     assert list(model.encoders) == ["asr"] and model.route("asr_short").encoder is model.route("asr").encoder
     assert model.route("asr_short").task.prompt() == [tokenizer.token_id("<|asr|>"), tokenizer.token_id("<|short|>")]
-    folder = model.save(tmp_path / "two")
+    folder = mmseq.save(model, tmp_path / "two")
     loaded = mmseq.load(folder)
     assert loaded.route("asr_short").encoder is loaded.route("asr").encoder  # still shared after loading
     code, _, err = run(capsys, "transcribe", folder, AUDIO[0])
@@ -114,7 +114,7 @@ def test_val_metric_of_a_task_keeps_the_best_by_its_own_direction(tmp_path):
 
     from conftest import write_speech_corpus
     from mmseq.config import load_config
-    from mmseq.train import Trainer
+    from mmseq.training.trainer import Trainer
 
     from caption_helpers import TINY_IMAGE_ENCODER, write_caption_corpus
 

@@ -47,7 +47,7 @@ def tokenizer():
 
 @pytest.fixture
 def checkpoint(tokenizer, tmp_path) -> Path:
-    return make_model(tokenizer).save(tmp_path / "checkpoint")
+    return mmseq.save(make_model(tokenizer), tmp_path / "checkpoint")
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_pickles_beside_safe_weights_are_ignored(checkpoint, marker):
 
 
 def test_weights_of_another_model_are_refused(checkpoint, tokenizer, tmp_path):
-    other = make_model(tokenizer, encoder={**TINY_ENCODER, "dim": 48}).save(tmp_path / "other")
+    other = mmseq.save(make_model(tokenizer, encoder={**TINY_ENCODER, "dim": 48}), tmp_path / "other")
     shutil.copy(other / "model.safetensors", checkpoint / "model.safetensors")
     with pytest.raises(CheckpointError, match="incompatible weights"):
         mmseq.load(checkpoint)
@@ -159,7 +159,7 @@ def test_tokenizer_file_outside_the_checkpoint_is_refused(model_file, checkpoint
 
 def test_corrupt_sentencepiece_model_is_a_checkpoint_error(tmp_path):
     tokenizer = SentencePieceTokenizer.train(sentences(200), vocab_size=40, out=tmp_path / "sp.model")
-    folder = make_model(tokenizer).save(tmp_path / "checkpoint")
+    folder = mmseq.save(make_model(tokenizer), tmp_path / "checkpoint")
     (folder / "tokenizer.model").write_bytes(b"\x00 not a model")
     with pytest.raises(CheckpointError, match="unusable tokenizer"):
         mmseq.load(folder)
@@ -170,7 +170,7 @@ def test_checkpoint_never_reads_the_backbone_weights_it_was_built_from(tokenizer
     own weights replace it), so a payload put there is never read."""
     encoder = dict(name="timm", model_name="test_convnext", dim=32, image_size=64)
     model = Seq2Seq(ModelConfig(encoder=encoder, decoder=dict(TINY_DECODER), ctc_weight=0.0), tokenizer, "caption")
-    folder = model.save(tmp_path / "captioner")
+    folder = mmseq.save(model, tmp_path / "captioner")
     evil = tmp_path / "backbone.pth"
     evil.write_bytes(payload_bytes(marker))
     _edit(folder, lambda c: c["model"]["tasks"]["caption"]["encoder"].update(pretrained=True, pretrained_file=str(evil)))
@@ -193,7 +193,7 @@ def test_training_state_is_read_with_weights_only(tmp_path, marker, capfd):
     """A trainer_state.pt with a payload: resume must not run it; it refuses the state (or falls
     back), with an error that names the file."""
     from mmseq.config import load_config
-    from mmseq.train import list_checkpoints, train
+    from mmseq.training.trainer import list_checkpoints, train
 
     manifest = write_speech_corpus(tmp_path / "data", 8)
     settings = [f"data.train={manifest}", f"output_dir={tmp_path / 'out'}", "trainer.max_epochs=1",

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from conftest import make_model, waveform_batch
-from mmseq.scorers import LanguageModel, Scorer
-from mmseq.search import DecodingOptions, beam_search
+from mmseq.decoding.scorers import LanguageModel, Scorer
+from mmseq.decoding.search import DecodingOptions, beam_search
 from mmseq.tokenizer import CharTokenizer
 
 

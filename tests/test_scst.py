@@ -1,6 +1,7 @@
 """Self-critical sequence training: the advantage and log-probability math, the objective's
 settings and plumbing through the shared trainer, and that it raises CIDEr on a small problem."""
 
+import mmseq
 import json
 
 import numpy as np
@@ -10,10 +11,10 @@ from caption_helpers import (cider_before_and_after_scst, image_batch, make_capt
                              write_caption_corpus)
 from pycocoevalcap.cider.cider import Cider
 
-from mmseq.cider import CiderD
+from mmseq.metrics.cider import CiderD
 from mmseq.config import load_config
 from mmseq.errors import ConfigError, InputError
-from mmseq.scst import (
+from mmseq.training.scst import (
     SCSTConfig,
     SelfCriticalObjective,
     draw_candidates,
@@ -88,7 +89,7 @@ def test_objective_loss_gradient_and_record(tmp_path, corpus, tokenizer):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
     assert (tmp_path / "out" / "cider_df.json").is_file() and (tmp_path / "out" / "scst.csv").is_file()
-    record = model.checkpoint_config()["training"]["scst"]
+    record = mmseq.checkpoint.checkpoint_config(model)["training"]["scst"]
     assert record["reward"] == "CIDEr-D" and record["count"] == 4 and record["temperature"] == 0.7
     assert model.decoder.training  # the objective turns dropout off only inside its step
 
@@ -134,10 +135,10 @@ def test_scst_stage_through_the_trainer(tmp_path, corpus, tokenizer):
     """``scst.enabled`` in a config: the trainer starts from the cross-entropy checkpoint, reads one
     example per image, trains the SCST objective and records its settings in the checkpoint."""
     import mmseq
-    from mmseq.train import Trainer
+    from mmseq.training.trainer import Trainer
 
     start = make_caption_model(tokenizer, seed=1)
-    start.save(tmp_path / "xe")
+    mmseq.save(start, tmp_path / "xe")
     out = tmp_path / "scst"
     config = load_config(None, [
         "task=caption", f"output_dir={out}", f"data.train={corpus}", "data.batch_size=4", "data.num_workers=0",
@@ -160,9 +161,9 @@ def test_scst_stage_through_the_trainer(tmp_path, corpus, tokenizer):
 
 def test_scst_needs_a_checkpoint_with_a_caption_task(tmp_path, corpus, tokenizer):
     from conftest import make_model
-    from mmseq.train import Trainer
+    from mmseq.training.trainer import Trainer
 
-    make_model(tokenizer).save(tmp_path / "xe")  # a speech model
+    mmseq.save(make_model(tokenizer), tmp_path / "xe")  # a speech model
     config = load_config(None, ["task=asr", f"output_dir={tmp_path / 'out'}", f"data.train={corpus}",
                                 "scst.enabled=true", f"scst.init_from={tmp_path / 'xe'}"])
     with pytest.raises(ConfigError, match="caption"):

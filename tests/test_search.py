@@ -12,8 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from conftest import make_model, waveform_batch
-from mmseq.ctc import CTCPrefixScorer
-from mmseq.search import DecodingOptions, beam_search, greedy_search
+from mmseq.decoding.ctc import CTCPrefixScorer
+from mmseq.decoding.search import DecodingOptions, beam_search, greedy_search
 from mmseq.tokenizer import CharTokenizer
 
 

@@ -12,10 +12,10 @@ import torch
 from torch.nn import functional as F
 
 from conftest import make_model, waveform_batch
-from mmseq.ctc import CTCPrefixScorer
+from mmseq.decoding.ctc import CTCPrefixScorer
 from mmseq.decoder import DecoderConfig, TextDecoder
 from mmseq.errors import ConfigError
-from mmseq.search import DecodingOptions, beam_search, final_score, greedy_search
+from mmseq.decoding.search import DecodingOptions, beam_search, final_score, greedy_search
 from mmseq.tokenizer import CharTokenizer
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import make_model
-from mmseq.longform import LongformOptions
-from mmseq.timestamps import (Segment, TimedTranscript, Word, ctc_words, dtw, render, segments_of,
+from mmseq.inference.longform import LongformOptions
+from mmseq.inference.timestamps import (Segment, TimedTranscript, Word, ctc_words, dtw, render, segments_of,
                               timed_transcripts, to_srt, to_vtt)
 from mmseq.tokenizer import CharTokenizer
 
@@ -118,7 +118,7 @@ def test_transcribe_timestamps_command_and_api(trained, tmp_path, capsys):
 
 
 def test_energy_refinement_moves_boundaries_to_the_sound_and_not_past_a_neighbour():
-    from mmseq.timestamps import Word, refine_by_energy
+    from mmseq.inference.timestamps import Word, refine_by_energy
 
     rate = 16000
     rng = np.random.default_rng(0)

@@ -18,8 +18,8 @@ import yaml
 from conftest import TINY_DECODER, TINY_ENCODER, write_speech_corpus
 from mmseq.config import load_config
 from mmseq.errors import ConfigError
-from mmseq.model import load
-from mmseq.train import (STATE_JSON, TRAINING_WEIGHTS, Trainer, TrainingError, WeightAverage,
+from mmseq.checkpoint import load
+from mmseq.training.trainer import (STATE_JSON, TRAINING_WEIGHTS, Trainer, TrainingError, WeightAverage,
                          checkpoint_activations, layer_modules, list_checkpoints)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import time
 
 from conftest import write_speech_corpus, write_train_config
 from mmseq.config import load_config
-from mmseq.train import Trainer, train
+from mmseq.training.trainer import Trainer, train
 
 
 def test_an_example_larger_than_the_batch_budget_is_skipped_and_named(tmp_path, capfd):

@@ -403,7 +403,7 @@ def test_key_biases_change_nothing_and_are_dropped(whisper, tmp_path):
     """Fine-tuning in mmseq trains the key biases Whisper lacks: a bias added to every key adds
     the same number to all of a query's scores, which softmax ignores."""
     from mmseq.exporters import export_whisper_transformers
-    from mmseq.model import load
+    from mmseq.checkpoint import load
 
     model = load(whisper.root / "mmseq-transformers")
     tokens = torch.tensor([[SOT, EN, TRANSCRIBE, NOTIMESTAMPS, 400, 2000, 13, 995, 50]])
@@ -433,8 +433,8 @@ def test_key_biases_change_nothing_and_are_dropped(whisper, tmp_path):
 def test_export_refuses_what_transformers_cannot_hold(whisper, tmp_path):
     from mmseq.errors import CheckpointError
     from mmseq.exporters import export_whisper_transformers
-    from mmseq.lora import add_lora
-    from mmseq.model import load
+    from mmseq.adapters import add_lora
+    from mmseq.checkpoint import load
 
     model = load(whisper.root / "mmseq-transformers")
     add_lora(model.decoder, 2)

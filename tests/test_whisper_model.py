@@ -20,7 +20,7 @@ import yaml
 import mmseq
 from mmseq.config import load_config
 from mmseq.importers.whisper import import_whisper
-from mmseq.train import train
+from mmseq.training.trainer import train
 
 pytest.importorskip("whisper")  # openai-whisper: its tiktoken file makes the tokenizer
 from mmseq.importers.whisper_sources import expected_shapes, tiktoken_tokenizer_json  # noqa: E402
@@ -98,8 +98,8 @@ def test_tail_gives_shorter_memories_and_batches_change_nothing(tiny):
 
 
 def test_beam_search_and_fused_scorers_over_byte_level_bpe(tiny, tmp_path):
-    from mmseq.ngram import build
-    from mmseq.scorers import ContextBoost
+    from mmseq.decoding.ngram import build
+    from mmseq.decoding.scorers import ContextBoost
 
     model = mmseq.load(tiny)
     batch = batch_of(1.0, 2.0)
@@ -107,7 +107,7 @@ def test_beam_search_and_fused_scorers_over_byte_level_bpe(tiny, tmp_path):
     texts = tmp_path / "lm.txt"
     texts.write_text("the weather is fine today\nthe weather was fine\n" * 20)
     build(tiny, [texts], tmp_path / "ngram", 3, 1)
-    fused = model.generate(batch, beam_size=3, max_length=6, lm=str(tmp_path / "ngram"), lm_weight=5.0)
+    fused = model.generate(batch, beam_size=3, max_length=6, lm=mmseq.load_lm(str(tmp_path / "ngram"), model.tokenizer), lm_weight=5.0)
     assert model.tokenizer.decode(fused[0][0].tokens).split()[:1] == ["the"]  # a strong LM steers a random model
     boost = ContextBoost(model.tokenizer, [["Okonkwo"], []])
     boosted = model.generate(batch, beam_size=3, max_length=6, scorers=[(boost, 20.0)])
@@ -145,7 +145,7 @@ def losses(out):
 
 
 def test_fine_tuning_from_an_imported_whisper(tiny, tmp_path):
-    from mmseq.optim import make_optimizer
+    from mmseq.training.optim import make_optimizer
 
     manifest = speech_manifest(tmp_path / "data")
     out = run(tmp_path, manifest, trainer={"init_from": str(tiny), "encoder_lr_scale": 0.1})

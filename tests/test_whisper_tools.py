@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from mmseq.errors import InputError
-from mmseq.longform import LongformOptions, fit_window, split_audio
-from mmseq.timestamps import alignment_heads, attention_words, dtw_path, word_spans
+from mmseq.inference.longform import LongformOptions, fit_window, split_audio
+from mmseq.inference.timestamps import alignment_heads, attention_words, dtw_path, word_spans
 
 transformers = pytest.importorskip("transformers")
 
@@ -259,7 +259,7 @@ def test_previous_text_is_whispers_startofprev_segment(tiny, monkeypatch):
 
 # -- ONNX --------------------------------------------------------------------------------------------------
 def test_magnitude_stft_is_torch_stfts():
-    from mmseq.onnx_export import magnitude_stft
+    from mmseq.exporters.onnx import magnitude_stft
 
     waves = torch.randn(2, 8000)
     window = torch.hann_window(400)
@@ -272,7 +272,7 @@ def test_magnitude_stft_is_torch_stfts():
 def tiny_onnx(tiny, tmp_path_factory):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from mmseq.onnx_runner import OnnxModel
+    from mmseq.inference.onnx_runner import OnnxModel
 
     folder, model, _ = tiny
     out = tmp_path_factory.mktemp("tiny_whisper_onnx") / "onnx"
@@ -377,7 +377,7 @@ def test_base_long_audio_in_windows():
     ``<|startofprev|>`` segment), at the word error rate of the clips (5 to 6 % measured on 82 s)."""
     import soundfile
 
-    from mmseq.inference import decode_long
+    from mmseq.inference.run import decode_long
     from mmseq.metrics import speech_metrics
 
     model = base_or_skip()
@@ -400,8 +400,8 @@ def test_base_long_audio_in_windows():
 @pytest.mark.slow
 def test_base_onnx_gives_the_same_text(tmp_path):
     pytest.importorskip("onnxruntime")
-    from mmseq.onnx_export import export_onnx
-    from mmseq.onnx_runner import OnnxModel
+    from mmseq.exporters.onnx import export_onnx
+    from mmseq.inference.onnx_runner import OnnxModel
 
     model = base_or_skip()
     runner = OnnxModel(export_onnx(BASE, tmp_path / "onnx"))

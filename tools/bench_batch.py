@@ -21,6 +21,7 @@ seconds are inflated by the other jobs; the ratios within one run are what to co
 
 from __future__ import annotations
 
+import mmseq
 import argparse
 import json
 import os
@@ -62,7 +63,7 @@ def make_model(folder: Path) -> Path:
                                       augment=False),
                          decoder=dict(dim=32, layers=2, heads=2, ffn_dim=64, dropout=0.0, max_length=32),
                          ctc_weight=0.0, label_smoothing=0.0)
-    return Seq2Seq(config, tokenizer, "caption", {"beam_size": 1, "max_length": 8}).eval().save(folder)
+    return mmseq.save(Seq2Seq(config, tokenizer, "caption", {"beam_size": 1, "max_length": 8}).eval(), folder)
 
 
 def command(checkpoint: Path, images: Path, output: Path, *extra: str) -> list[str]:
@@ -166,7 +167,7 @@ def expansion_peak(folder: Path, count: int) -> tuple[int, float]:
     """``(inputs seen, tracemalloc peak in KiB)`` of counting and then streaming ``folder``'s files."""
     import tracemalloc
 
-    from mmseq.batch import Inputs
+    from mmseq.inference.batch import Inputs
 
     for i in range(count):
         path = folder / f"part{i // 250:03d}" / f"img{i:05d}.png"

@@ -12,6 +12,7 @@ errors reported, the wall time and the process's peak resident memory (``ru_maxr
 
 from __future__ import annotations
 
+import mmseq
 import argparse
 import json
 import os
@@ -87,8 +88,8 @@ def make_checkpoints(folder: Path, image_model: str = "resnet18", image_size: in
                                       conv_kernel=3, subsampling=4, dropout=0.0), decoder=decoder, ctc_weight=0.3)
     caption = ModelConfig(encoder=dict(name="timm", model_name=image_model, dim=32, image_size=image_size),
                           decoder=decoder, ctc_weight=0.0)
-    speech_folder = Seq2Seq(speech, tokenizer, "asr", decoding).save(folder / "speech")
-    caption_folder = Seq2Seq(caption, tokenizer, "caption", decoding).save(folder / "caption")
+    speech_folder = mmseq.save(Seq2Seq(speech, tokenizer, "asr", decoding), folder / "speech")
+    caption_folder = mmseq.save(Seq2Seq(caption, tokenizer, "caption", decoding), folder / "caption")
     return speech_folder, caption_folder
 
 

@@ -50,9 +50,9 @@ def main() -> None:
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
 
-    from mmseq.model import load
-    from mmseq.onnx_export import export_onnx
-    from mmseq.onnx_runner import OnnxModel
+    from mmseq.checkpoint import load
+    from mmseq.exporters.onnx import export_onnx
+    from mmseq.inference.onnx_runner import OnnxModel
 
     torch.set_num_threads(args.threads)
     out = Path(args.out or tempfile.mkdtemp(prefix="mmseq-onnx-"))

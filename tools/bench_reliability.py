@@ -11,6 +11,7 @@ runs each case as a user would, ``python -m mmseq ...`` in its own process under
 
 from __future__ import annotations
 
+import mmseq
 import argparse
 import os
 import re
@@ -43,7 +44,7 @@ def make_checkpoint(folder: Path, tiny: bool) -> Path:
         encoder.update(n_mels=16, dim=32, layers=1, heads=2, ffn_dim=64, subsampling_channels=8)
         decoder.update(dim=32, layers=2, heads=2, ffn_dim=64)
     model = Seq2Seq(ModelConfig(encoder=encoder, decoder=decoder), tokenizer, "asr").eval()
-    return model.save(folder / "checkpoint")
+    return mmseq.save(model, folder / "checkpoint")
 
 
 def wav_with_header_rate(path: Path, header_rate: int, samples: int = 19000) -> Path:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from mmseq.cider import CiderD
+from mmseq.metrics.cider import CiderD
 from mmseq.data.manifest import read_manifest
 from mmseq.errors import InputError
-from mmseq.scst import SCSTConfig, draw_candidates, reward_text, sequence_log_probs
+from mmseq.training.scst import SCSTConfig, draw_candidates, reward_text, sequence_log_probs
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -47,7 +47,9 @@ def build_model(arguments, captions: list[str], folder: Path):
     on ``captions`` (into ``folder``)."""
     from dataclasses import asdict
 
-    from mmseq.model import Seq2Seq, load
+    from mmseq.model import Seq2Seq
+
+    from mmseq.checkpoint import load
     from mmseq.tokenizer import train_tokenizer
 
     if arguments.checkpoint:

@@ -37,8 +37,8 @@ import torchaudio.functional as AF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmseq  # noqa: E402
-from mmseq.longform import LongformOptions  # noqa: E402
-from mmseq.timestamps import timed_transcripts, to_srt  # noqa: E402
+from mmseq.inference.longform import LongformOptions  # noqa: E402
+from mmseq.inference.timestamps import timed_transcripts, to_srt  # noqa: E402
 
 
 def spoken_word(word: str, rate: int, cache: dict, voice: str) -> np.ndarray:
@@ -110,9 +110,9 @@ def matched(truth, words, margin: float = 0.5):
 def oracle_words(model, wave, truth, method: str, rate: int, refine: bool = True, task: str | None = None):
     """Alignment alone, recognition left out: each phrase's own text (not the model's hypothesis)
     aligned to its window (the phrase with 0.2 s of silence each side), times shifted by the window's
-    start, by the same :func:`mmseq.timestamps.align` that ``timestamps=True`` uses."""
-    from mmseq.search import Hypothesis
-    from mmseq.timestamps import Word, align
+    start, by the same :func:`mmseq.inference.timestamps.align` that ``timestamps=True`` uses."""
+    from mmseq.decoding.search import Hypothesis
+    from mmseq.inference.timestamps import Word, align
 
     task = model.route(task, "asr").task
     words = []

@@ -1,6 +1,6 @@
 """Training throughput, padding, peak memory and model FLOPs utilization (MFU) of the shared trainer.
 
-Runs real optimizer steps of :class:`mmseq.train.Trainer` (its data loader, length-bucketed
+Runs real optimizer steps of :class:`mmseq.training.trainer.Trainer` (its data loader, length-bucketed
 batches, mixed precision, clipping, AdamW) and reports:
 
 - throughput: audio seconds per second for speech (examples per second for every task), over the
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from mmseq.config import load_config  # noqa: E402
 from mmseq.data.batching import padding_fraction  # noqa: E402
-from mmseq.train import Trainer  # noqa: E402
+from mmseq.training.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # The LibriSpeech recipe's Conformer (ESPnet's LibriSpeech-100 size, about 30 M parameters).

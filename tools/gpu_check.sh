@@ -51,7 +51,7 @@ sys.path.insert(0, "tests")
 from pathlib import Path
 from conftest import write_speech_corpus, write_train_config
 from mmseq.config import load_config
-from mmseq.train import train
+from mmseq.training.trainer import train
 root, device = Path(sys.argv[1]), sys.argv[2]
 manifest = write_speech_corpus(root / "corpus", count=64)
 print("best checkpoint:", train(load_config(write_train_config(root / "run", manifest, device=device, max_epochs=2))))

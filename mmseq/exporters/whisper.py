@@ -114,7 +114,7 @@ def _check(model, route) -> None:
 def _configs(model, route) -> tuple[dict, dict, dict, dict]:
     """``config.json``, ``generation_config.json``, ``preprocessor_config.json`` and
     ``tokenizer_config.json`` of the exported folder."""
-    from ..search import DecodingOptions
+    from ..decoding.search import DecodingOptions
 
     tokenizer, decoder, encoder = model.tokenizer, model.decoder.config, route.encoder
     decoding = DecodingOptions(**{**asdict(model.decoding), **route.decoding})
@@ -173,7 +173,7 @@ def export_whisper_transformers(model_or_folder, out: str | os.PathLike, task: s
     from safetensors.torch import save_file
 
     if isinstance(model_or_folder, (str, os.PathLike)):
-        from ..model import load
+        from ..checkpoint import load
         model = load(model_or_folder, "cpu")
     else:
         model = model_or_folder

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import build_model, save
 from ..errors import CheckpointError
 from .whisper_sources import WhisperSource, read_whisper
 
@@ -131,8 +132,6 @@ def import_whisper(src: str | os.PathLike, out: str | os.PathLike, tokenizer: st
                    tail: float = 30.0, language: str = "en", feature_padding: str = "silence"):
     """Read a Whisper checkpoint ``src`` (checked: shapes, completeness) and write the mmseq
     checkpoint folder ``out`` atomically; returns the loaded model."""
-    from ..model import build_model
-
     source = read_whisper(src, tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         bpe = whisper_tokenizer(source, Path(tmp))
@@ -150,5 +149,5 @@ def import_whisper(src: str | os.PathLike, out: str | os.PathLike, tokenizer: st
     model.load_state_dict(weights, strict=True)
     model.training_record = dict(config["training"])
     model.eval()
-    model.save(out)
+    save(model, out)
     return model

@@ -1,5 +1,5 @@
 """Language modelling: text only, for a language model fused in beam search (see
-:mod:`mmseq.lm`). Each manifest line's ``text`` is a training sentence; there is no input (the
+:mod:`mmseq.decoding.lm`). Each manifest line's ``text`` is a training sentence; there is no input (the
 ``null`` encoder gives one constant frame) and no prompt token."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Decodes, with the checkpoint's decoding settings (attention alone: CTC cannot se
     test_context_x10       ... and ten distractors per name
     test_distractors       ... the equal-distractor context without the utterance's names (a control:
                            how often the model writes a listed name it did not hear)
-    test_boost             the equal-distractor list given to mmseq.scorers.ContextBoost (shallow
+    test_boost             the equal-distractor list given to mmseq.decoding.scorers.ContextBoost (shallow
                            fusion: a bonus for tokens spelling a listed word), not to the decoder
     test_context_boost     the list both in the decoder's context and boosted
     test_distractors_boost ... without the utterance's names (the control, boosted)
@@ -61,7 +61,7 @@ _MODEL = {}
 def _start_worker(checkpoint: str) -> None:
     import torch
 
-    from mmseq.model import load
+    from mmseq.checkpoint import load
     torch.set_num_threads(1)  # the parallelism is across decodes
     _MODEL["model"] = load(checkpoint, "cpu")
 
@@ -91,11 +91,11 @@ def name_scores(lines: list[dict], hypotheses: dict[str, str]) -> dict:
 def decode(data: Path, condition: str, limit: int | None, options: dict, boost: float = 0.0) -> dict:
     """Decode one condition (a name of CONDITIONS, or ``valid_boost`` / ``valid_context_boost``)
     with the worker's model; its WER and name scores. ``boost``: the weight of
-    :class:`mmseq.scorers.ContextBoost` over each line's context words, in boosted conditions."""
+    :class:`mmseq.decoding.scorers.ContextBoost` over each line's context words, in boosted conditions."""
     import torch
     from torch.utils.data import DataLoader
 
-    from mmseq.scorers import ContextBoost
+    from mmseq.decoding.scorers import ContextBoost
     from mmseq.tasks import ExampleDataset
 
     model = _MODEL["model"]

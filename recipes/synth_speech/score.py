@@ -89,7 +89,7 @@ _MODEL = {}
 def _start_worker(checkpoint: str) -> None:
     import torch
 
-    from mmseq.model import load
+    from mmseq.checkpoint import load
     torch.set_num_threads(1)  # the parallelism is across decodes
     _MODEL["model"] = load(checkpoint, "cpu")
 
@@ -97,7 +97,7 @@ def _start_worker(checkpoint: str) -> None:
 def decode(manifest: Path, settings: dict, lm: str | None, limit: int | None) -> tuple[dict, list[str], list[str]]:
     """WER/CER of the worker's model on ``manifest`` (its first ``limit`` lines) with ``settings``;
     also the references and hypotheses."""
-    from mmseq.evaluate import evaluate
+    from mmseq.inference.evaluate import evaluate
 
     options = dict(settings)
     if options.get("lm_weight", 0) > 0:

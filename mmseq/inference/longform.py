@@ -10,7 +10,7 @@ starts ``overlap`` seconds earlier; the words the two texts share in that overla
 kept once.
 
 The pieces here are pure functions of the waveform (and of per-window texts), so the splitting and
-joining can be tested without a model; :func:`mmseq.inference.decode_long` puts them around a model's batched
+joining can be tested without a model; :func:`mmseq.inference.run.decode_long` puts them around a model's batched
 decoding.
 """
 
@@ -89,7 +89,7 @@ def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions,
     """
     route, tokenizer = model.route(task, "asr"), model.tokenizer
     if route.ctc_head is None:
-        from .errors import ConfigError
+        from ..errors import ConfigError
         raise ConfigError(f"split='ctc' needs a CTC head, and task {route.name!r} has none; use split='energy'")
     sample_rate = route.encoder.sample_rate
     piece = int(options.window * sample_rate)
@@ -192,11 +192,11 @@ def split_audio(waveform: torch.Tensor, sample_rate: int, options: LongformOptio
         pauses, cost = energy_pauses(waveform, sample_rate, options)
     elif options.split == "ctc":
         if model is None:
-            from .errors import ConfigError
+            from ..errors import ConfigError
             raise ConfigError("split='ctc' needs a model with a CTC head; use split='energy'")
         pauses, cost = ctc_pauses(model, waveform, options, task)
     else:
-        from .errors import ConfigError
+        from ..errors import ConfigError
         raise ConfigError(f"unknown long-audio split {options.split!r}: use 'energy' or 'ctc'")
     return plan_windows(len(waveform), pauses, cost, sample_rate, options)
 

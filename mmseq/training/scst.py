@@ -3,7 +3,7 @@ the CIDEr-D of the captions the model itself produces.
 
 For each image of a batch the model draws ``count`` candidate captions without gradient (sampled
 with a temperature and top-k, or the ``count`` best of a beam), each candidate is scored by
-CIDEr-D against the image's training references (:class:`mmseq.cider.CiderD`, document
+CIDEr-D against the image's training references (:class:`mmseq.metrics.cider.CiderD`, document
 frequencies from all training references, computed once and cached in the output folder), and
 the model's log-probability of each candidate is recomputed with gradient by teacher forcing.
 The baseline of a candidate is the mean reward of the image's other candidates (Luo 2020, "a
@@ -36,9 +36,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .cider import SIGMA, CiderD
-from .errors import ConfigError, InputError
-from .search import DecodingOptions, beam_search, sample
+from ..metrics.cider import SIGMA, CiderD
+from ..errors import ConfigError, InputError
+from ..decoding.search import DecodingOptions, beam_search, sample
 
 CANDIDATE_KINDS = ("sample", "beam")
 
@@ -157,7 +157,7 @@ def record(config: SCSTConfig) -> dict:
 def start_model(config: SCSTConfig):
     """The cross-entropy checkpoint an SCST stage starts from (weights, tokenizer, settings), its
     training record already naming the SCST settings (copies of it, such as a weight average, keep them)."""
-    from .model import load
+    from ..checkpoint import load
 
     config.check()
     model = load(config.init_from)

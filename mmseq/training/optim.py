@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def make_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:

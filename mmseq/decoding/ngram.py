@@ -1,5 +1,5 @@
 """Token n-gram language models: counted from text in minutes, written and read as ARPA files (the
-format of KenLM and SRILM), fused in beam search by :class:`mmseq.scorers.NGramLM` (which also
+format of KenLM and SRILM), fused in beam search by :class:`mmseq.decoding.scorers.NGramLM` (which also
 saves them as safetensors arrays, the fast way to load).
 
     mmseq ngram exp/synth_speech/best data/synth_speech/lm.jsonl --order 4 --prune 2 --out exp/synth_speech_ngram
@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 BOS, EOS = "<s>", "</s>"
 LOG10 = math.log(10)
@@ -187,9 +187,9 @@ def build(checkpoint: str | os.PathLike, texts: Iterable[str | os.PathLike], out
           prune: int = 1, arpa: str | os.PathLike | None = None) -> dict:
     """``mmseq ngram``: count ``texts`` (files) with ``checkpoint``'s tokenizer into an n-gram
     model saved in the folder ``out`` (and, with ``arpa``, as an ARPA file); returns its sizes."""
-    from .checkpoint import read_config
+    from ..checkpoint import read_config
     from .scorers.ngram import NGramLM
-    from .tokenizer import build_tokenizer
+    from ..tokenizer import build_tokenizer
 
     if order < 1 or prune < 1:
         raise InputError(f"--order and --prune must be at least 1, got {order} and {prune}")

@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data.batching import BucketBatchSampler
-from .tasks import ExampleDataset, TaskTable
+from ..decoding.lm import with_lm
+from ..data.batching import BucketBatchSampler
+from ..tasks import ExampleDataset, TaskTable
 
 
 @dataclass
@@ -77,8 +78,9 @@ def evaluate(model, manifest, out_dir, batch_size: int = 16, num_workers: int = 
     Unreadable lines and files are skipped, reported on stderr and counted in
     ``metrics["skipped"]``; nothing else is lost. Writes ``metrics.json`` and
     ``hypotheses.jsonl`` to ``out_dir``."""
-    from .data.files import check_output_folder
+    from ..data.files import check_output_folder
     check_output_folder(out_dir, "output folder")  # before decoding: a bad --out must not lose the work
+    options = with_lm(options, model)
     table = model.task if task is None else TaskTable({task: model.route(task).task})
     examples, errors = table.read(manifest, training=False, skip_errors=True)
     out_dir = Path(out_dir)

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .data.files import escape
-from .data.manifest import context_problem
-from .errors import InputError, ManifestError, MmseqError
+from ..data.files import escape
+from ..data.manifest import context_problem
+from ..decoding.lm import with_lm
+from ..errors import InputError, ManifestError, MmseqError
 
 # What the tasks' loaders read: libsndfile's formats (mp3 since libsndfile 1.1) and PIL's.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
@@ -320,7 +321,7 @@ def read_results(path: str | os.PathLike) -> list[dict]:
 # -- decoding -----------------------------------------------------------------------------------------
 class _Texts(str):
     """The best text, carrying the n-best list ``[(text, score), ...]`` through
-    :func:`mmseq.inference.iter_decode` (which passes texts on untouched; only the several
+    :func:`mmseq.inference.run.iter_decode` (which passes texts on untouched; only the several
     windows of a long recording are joined into a plain ``str``, which then has no n-best)."""
     nbest: list[tuple[str, float]]
 
@@ -365,7 +366,7 @@ def run_batch(model, inputs: Inputs, write, task: str | None = None, batch_size:
               **options) -> Summary:
     """Decode every input of ``inputs`` not in ``skip`` (ids) and call
     ``write(item, text, nbest, error)`` for each in input order, as results come (a chunk of
-    :func:`mmseq.inference.iter_decode` at a time). An empty line of text gives an empty text.
+    :func:`mmseq.inference.run.iter_decode` at a time). An empty line of text gives an empty text.
 
     ``nbest``: keep the N best hypotheses with their scores (the beam is widened to N when
     narrower). ``progress``: a tqdm bar with ETA on stderr (its total counted from ``inputs``
@@ -373,7 +374,7 @@ def run_batch(model, inputs: Inputs, write, task: str | None = None, batch_size:
     """
     from tqdm import tqdm
 
-    from .inference import iter_decode
+    from .run import iter_decode
 
     if nbest:
         beam = options.get("beam_size") or model.decoding.beam_size
@@ -503,6 +504,7 @@ def command(args, load_model, options: dict, task: str) -> int:
                            ordered=getattr(args, "ordered", False), nbest=args.nbest)
     try:
         model = load_model(args)
+        options = with_lm(options, model)
         # The route: --task, or the model's only route of this command's kind.
         name = model.route(getattr(args, "task", None), task).name
         progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -513,7 +515,7 @@ def command(args, load_model, options: dict, task: str) -> int:
         writer.close()
     print(summary.line(args.output), file=sys.stderr)
     if getattr(args, "attention", None):
-        from .plots import plot_attention
+        from ..plots import plot_attention
         first = next(iter(inputs), None)
         if first is not None and first.error is None:
             plot_attention(model, first.source, args.attention, prompt=args.prompt, task=name)

@@ -1,5 +1,5 @@
 """``mmseq export CHECKPOINT --format onnx --out DIR``: a checkpoint as two ONNX graphs that
-decode outside PyTorch (:mod:`mmseq.onnx_runner` runs them with onnxruntime).
+decode outside PyTorch (:mod:`mmseq.inference.onnx_runner` runs them with onnxruntime).
 
 - ``encoder.onnx``: ``inputs`` (waveforms ``(batch, samples)`` float32 for speech, token ids
   ``(batch, length)`` int64 for text, images ``(batch, 3, H, W)``) and ``lengths`` ``(batch,)``
@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ONNX_CONFIG = "onnx_config.json"
 OPSET = 18
@@ -267,7 +267,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, task: str | None = None
         import onnx  # noqa: F401
     except ImportError:
         raise ConfigError("export --format onnx needs onnx: pip install 'mmseq[export]'") from None
-    from .model import CONFIG_FILE, load
+    from ..checkpoint import CONFIG_FILE, load
 
     checkpoint, out = Path(checkpoint), Path(out)
     model = load(checkpoint, "cpu").float()

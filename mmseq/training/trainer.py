@@ -36,22 +36,25 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import (STATE_JSON, STATE_TENSORS, TRAINING_WEIGHTS, WEIGHTS_FILE, FolderLock, list_checkpoints,
+from ..checkpoint import (STATE_JSON, STATE_TENSORS, TRAINING_WEIGHTS, WEIGHTS_FILE, FolderLock, list_checkpoints,
                          rank_best, read_training_state, read_weights, rotate, step_folder, write_weights)
-from .checks import check_resume_model
-from .data.files import check_output_folder
-from .config import Config, config_to_dict
-from .data.batching import BucketBatchSampler
+from ..checks import check_resume_model
+from ..data.files import check_output_folder
+from ..config import Config, config_to_dict
+from ..data.batching import BucketBatchSampler
 from .distributed import (all_reduce_sum, barrier, checkpoint_activations, distributed_setup, full_weights,
                           gather_objects, layer_modules, leave_process_group, shard_model)
-from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import decode_examples, score_rows
-from .model import Seq2Seq, load, route_table
+from ..errors import CheckpointError, ConfigError, TrainingError
+from ..inference.evaluate import decode_examples, score_rows
+from ..model import Seq2Seq, route_table
+from ..checkpoint import load, save
 from .optim import WeightAverage, autocast_dtype, lr_factor, make_optimizer
 from .logs import RunLog, progress_bar_settings
+from .prompt_tuning import check_resumed, size_line, training_table
+from .prompt_tuning import start_model as start_tuning
 from .scst import SelfCriticalObjective, start_model
-from .tasks import ExampleDataset
-from .tokenizer import train_tokenizer
+from ..tasks import ExampleDataset
+from ..tokenizer import train_tokenizer
 
 __all__ = ["Trainer", "TrainingError", "list_checkpoints", "train"]
 
@@ -141,7 +144,6 @@ class Trainer:
                 failures.append(error)
         tuning = bool(config.prompt_tuning.base)  # prompt tuning: see mmseq/prompt_tuning.py
         if self.resume_from is not None and tuning:
-            from .prompt_tuning import check_resumed
             check_resumed(config.prompt_tuning, self.model, self.resume_from)
         elif self.resume_from is not None and not config.scst.enabled and not config.trainer.init_from:
             # (an SCST stage's model is its init_from's, a fine-tuned one its trainer.init_from's)
@@ -153,27 +155,25 @@ class Trainer:
                                 f"newest: {failures[0]}); move them away, or choose another output_dir, to "
                                 "start afresh")
         if self.resume_from is None and tuning:
-            from .prompt_tuning import start_model as start_tuning
             self.model = start_tuning(config.prompt_tuning)  # the base with the new task's route
         elif self.resume_from is None and config.scst.enabled:
             self.model = start_model(config.scst)  # SCST fine-tunes a cross-entropy checkpoint
         elif self.resume_from is None and config.trainer.init_from:
             self.model = load(config.trainer.init_from)  # fine-tuning: a pretrained (e.g. imported) checkpoint
         elif self.resume_from is None:
-            from .data.manifest import read_manifest
+            from ..data.manifest import read_manifest
             lines = read_manifest(config.data.train, (), skip_errors=True)[0]
             texts = [e["text"] for e in lines if "text" in e] + [c for e in lines for c in e.get("captions", [])]
             if not texts:  # before sentencepiece, which fails on an empty corpus with its own message
                 raise TrainingError(f"{config.data.train}: no usable examples")
             # The task and control tokens of the config and those the manifest uses (its prompts,
             # <|context|> when a line has a context) are learned as tokens, never split as text.
-            from .prompts import prompt_tokens_of
+            from ..prompts import prompt_tokens_of
             tokenizer = self._tokenizer(texts, prompt_tokens_of(lines, route_table(config.model, config.task)))
             self.model = Seq2Seq(config.model, tokenizer, config.task, asdict(config.decoding))
         self.model.to(self.device).train()
         self.task = self.model.task  # the route table: reads, batches and scores every task
         if tuning:  # only the soft prompt is trained, and only the new task read
-            from .prompt_tuning import training_table
             self.task = training_table(self.model, self.log_message)
         self.val_metric = self.task.metric(config.trainer.val_metric)  # its name and direction
 
@@ -186,7 +186,7 @@ class Trainer:
             if self.is_main and not path.exists():
                 train_tokenizer(kind, texts, out=path, **settings)
             barrier()
-            from .tokenizer import SentencePieceTokenizer
+            from ..tokenizer import SentencePieceTokenizer
             return SentencePieceTokenizer(path, settings["prompt_tokens"])
         return train_tokenizer(kind, texts, **settings)
 
@@ -550,7 +550,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float | None:
         """Loss, accuracy and the tasks' metrics on ``data.valid``, each rank scoring its share
-        (:func:`mmseq.evaluate.decode_examples`) and the sums and hypotheses gathered; the weights
+        (:func:`mmseq.inference.evaluate.decode_examples`) and the sums and hypotheses gathered; the weights
         scored are the EMA's when there is one. An unreadable example is left out and logged
         (``skipped: FILE:LINE: reason``); the summary counts them with the manifest's bad lines
         as ``skipped=N``."""
@@ -629,13 +629,12 @@ class Trainer:
 
         exported = self.ema.model if self.ema is not None else self.model
         try:
-            exported.save(folder, write_state, state_dict=weights)
+            save(exported, folder, write_state, state_dict=weights)
         except OSError as error:
             self.log_message(f"could not write checkpoint {folder}: {error}; the previous checkpoints are intact")
             return False
         self.state["best"] = best
         if self.config.prompt_tuning.base:
-            from .prompt_tuning import size_line
             self.log_message(size_line(folder))
         rotate(self.out, folder.name, best, trainer.keep_last)
         if metric is not None or self.state["batch_in_epoch"] == 0:  # not at every mid-epoch checkpoint
@@ -645,7 +644,7 @@ class Trainer:
     def plot(self) -> None:
         """``curves.png``: training and validation loss, and the validation metric, by step."""
         try:
-            from .plots import plot_curves
+            from ..plots import plot_curves
             plot_curves(self.out / "log.csv", self.out / "curves.png", self.config.trainer.val_metric)
         except Exception as error:  # a plot must never stop training
             self.log_message(f"could not draw curves.png: {error}")

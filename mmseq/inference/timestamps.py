@@ -19,7 +19,7 @@ last sound. ``refine=True`` (the default) then moves each boundary to where the 
 (:func:`refine_by_energy`): an end forward while the audio stays loud, a start back while it was,
 never past the neighbouring word.
 
-Long recordings are split into windows as :mod:`mmseq.longform` does; every window is decoded
+Long recordings are split into windows as :mod:`mmseq.inference.longform` does; every window is decoded
 and aligned on its own and its times are shifted by its start, so times stay absolute.
 """
 
@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 from .longform import (HOP_SECONDS, LongformOptions, Window, continuation_prompt, fit_window, frame_energy,
                        split_audio)
-from .plots import word_groups
+from ..plots import word_groups
 
 
 @dataclass

@@ -79,7 +79,7 @@ class RunLog:
         try:
             import matplotlib.pyplot as plt
 
-            from .plots import attention_figure
+            from ..plots import attention_figure
             task = model.task.for_example(example)
             figure, _ = attention_figure(model, example[task.input_field], prompt=example.get("prompt"), beam_size=1,
                                          task=task.name)

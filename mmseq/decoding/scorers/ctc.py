@@ -9,7 +9,7 @@ from .base import Scorer, text_ids
 
 
 class CTCScorer(Scorer):
-    """CTC prefix scores (:class:`mmseq.ctc.CTCPrefixScorer`) of one batch's CTC head output.
+    """CTC prefix scores (:class:`mmseq.decoding.ctc.CTCPrefixScorer`) of one batch's CTC head output.
 
     Args:
         log_probs: ``(batch, frames, vocab)`` CTC log-posteriors of the batch being decoded.

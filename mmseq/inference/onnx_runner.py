@@ -1,11 +1,11 @@
 """Greedy and beam search over graphs written by ``mmseq export --format onnx``, with onnxruntime
-and numpy only (no torch), as :mod:`mmseq.search` decodes in PyTorch.
+and numpy only (no torch), as :mod:`mmseq.decoding.search` decodes in PyTorch.
 
->>> from mmseq.onnx_runner import OnnxModel
+>>> from mmseq.inference.onnx_runner import OnnxModel
 >>> model = OnnxModel("exp/synth_speech/onnx")
 >>> model.transcribe(["a.wav"], beam_size=4)
 
-The search follows :func:`mmseq.search.greedy_search` and :func:`mmseq.search.beam_search` step
+The search follows :func:`mmseq.decoding.search.greedy_search` and :func:`mmseq.decoding.search.beam_search` step
 for step (same filters, same pool of finished hypotheses, same stopping rules and scores), so it
 finds the same hypotheses up to the last bits of float arithmetic. Supported options:
 ``beam_size``, ``max_length``, ``max_length_ratio``, ``min_length``, ``length_penalty``,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError, InputError
+from ..errors import CheckpointError, ConfigError, InputError
 
 NEG_INF = np.float32(-np.inf)
 SUPPORTED = ("beam_size", "max_length", "max_length_ratio", "min_length", "length_penalty", "length_bonus",
@@ -81,7 +81,7 @@ class OnnxModel:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from .tokenizer import build_tokenizer
+            from ..tokenizer import build_tokenizer
 
             config = json.loads((self.folder / "config.json").read_text())
             self._tokenizer = build_tokenizer(config["tokenizer"], self.folder)
@@ -113,7 +113,7 @@ class OnnxModel:
         tokens = np.tile(np.asarray(prefix, np.int64), (rows, 1))
         return self._step(tokens, empty, cross_kv, memory_mask)
 
-    # -- the parts of a step (as in mmseq.search) -------------------------------------------
+    # -- the parts of a step (as in mmseq.decoding.search) -------------------------------------------
     def _options(self, options: dict) -> dict:
         unknown = sorted(set(options) - set(SUPPORTED))
         if unknown:
@@ -147,7 +147,7 @@ class OnnxModel:
 
     def _filter(self, log_probs: np.ndarray, steps: int, limits: np.ndarray, options: dict, masks) -> np.ndarray:
         eos = self.eos
-        log_probs += masks[1] if steps == 0 else masks[0]  # (mmseq.search._Suppress)
+        log_probs += masks[1] if steps == 0 else masks[0]  # (mmseq.decoding.search._Suppress)
         if steps < options["min_length"]:
             log_probs[:, eos] = NEG_INF
         at_limit = steps + 1 >= limits

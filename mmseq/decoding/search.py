@@ -8,7 +8,7 @@ count per step of the inputs that are done (their rows then leave the batch).
 
 Scores. Each step adds ``(1 - ctc_weight) * log p_attention + ctc_weight * CTC prefix gain +
 lm_weight * log p_lm`` (ESPnet's weighting), and the weighted gains of any other fused scorer
-(:mod:`mmseq.scorers`: one class each, nothing here names them); a finished hypothesis of ``length`` new tokens
+(:mod:`mmseq.decoding.scorers`: one class each, nothing here names them); a finished hypothesis of ``length`` new tokens
 (``</s>`` included, prompt not counted) ranks by ``(total + length_bonus * length) /
 length ** length_penalty``.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .scorers.ctc import CTCScorer
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 
 NEG_INF = float("-inf")
 
@@ -50,7 +50,7 @@ class DecodingOptions:
 
     def check(self) -> "DecodingOptions":
         """Raise :class:`ConfigError` on settings that cannot work; returns itself."""
-        from .checks import check_decoding
+        from ..checks import check_decoding
 
         check_decoding(self)  # types and ranges of every field (mmseq/checks.py: DECODING)
         if self.beam_size < 1:
@@ -286,7 +286,7 @@ def fused_scorers(model, options: DecodingOptions, ctc_log_probs=None, lm=None, 
 
 
 class _Fused:
-    """The scorers fused with the decoder in one search (see :class:`mmseq.scorers.Scorer`) and
+    """The scorers fused with the decoder in one search (see :class:`mmseq.decoding.scorers.Scorer`) and
     their states: those that score the whole vocabulary, then those that score each row's best
     candidates."""
 
@@ -388,9 +388,9 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
             and never scored; inputs of shorter prefixes are left-padded (see :func:`_prefixes`).
         ctc_log_probs: ``(batch, frames, vocab)`` the CTC head's output, for joint CTC/attention
             decoding with weight ``options.ctc_weight``.
-        lm: a language model scorer (see :class:`mmseq.scorers.LanguageModel`) fused with weight
+        lm: a language model scorer (see :class:`mmseq.decoding.scorers.LanguageModel`) fused with weight
             ``options.lm_weight``.
-        scorers: more ``(scorer, weight)`` pairs to fuse (:class:`mmseq.scorers.Scorer`). A scorer
+        scorers: more ``(scorer, weight)`` pairs to fuse (:class:`mmseq.decoding.scorers.Scorer`). A scorer
             that scores candidates only (CTC) sees each row's best ``ctc_candidates * beam``
             tokens by the other scores, ``</s>`` always among them.
 

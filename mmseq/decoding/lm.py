@@ -5,8 +5,8 @@ text manifests, each line's ``text``) with the ``"null"`` encoder (:mod:`mmseq.e
 ordinary text decoder over one constant frame, a decoder-only Transformer LM. Train it with the
 recipe's tokenizer (so that its ids match the speech model's), e.g.
 ``mmseq train recipes/synth_speech/lm.yaml``. A token n-gram model is counted in minutes instead
-(``mmseq ngram``, :mod:`mmseq.ngram`) and kept in a folder of safetensors arrays (or an ARPA file). Their fusion scorers,
-:class:`LanguageModel` and :class:`NGramLM`, live with the other scorers in :mod:`mmseq.scorers`.
+(``mmseq ngram``, :mod:`mmseq.decoding.ngram`) and kept in a folder of safetensors arrays (or an ARPA file). Their fusion scorers,
+:class:`LanguageModel` and :class:`NGramLM`, live with the other scorers in :mod:`mmseq.decoding.scorers`.
 """
 
 from __future__ import annotations
@@ -27,3 +27,11 @@ def load_lm(path: str | os.PathLike, tokenizer, device=None):
     if Path(path).is_file() or (Path(path) / SETTINGS).is_file():
         return NGramLM.cached(path, tokenizer, device)
     return LanguageModel.cached(path, device)
+
+
+def with_lm(options: dict, model) -> dict:
+    """``options`` with an ``lm`` given as a path replaced by its loaded scorer over ``model``'s
+    tokenizer (the commands and :func:`mmseq.inference.evaluate.evaluate` take paths)."""
+    if isinstance(options.get("lm"), (str, os.PathLike)):
+        options = {**options, "lm": load_lm(options["lm"], model.tokenizer, model.device)}
+    return options

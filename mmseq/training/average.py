@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, list_checkpoints, ranked_checkpoints, read_config, read_weights
-from .errors import CheckpointError, ConfigError
-from .model import load
+from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, list_checkpoints, ranked_checkpoints, read_config, read_weights
+from ..errors import CheckpointError, ConfigError
+from ..checkpoint import load, save, upgrade_weights
 
 
 def select_checkpoints(run: str | Path, last: int | None = None, best: int | None = None) -> list[Path]:
@@ -70,6 +70,6 @@ def average_checkpoints(folders: list[str | Path], out: str | Path) -> Path:
     model = load(folders[0])
     averaged = {name: (value / len(folders)).to(dtypes[name]) if value.is_floating_point() else value
                 for name, value in total.items()}
-    model.load_state_dict(averaged)  # (weights of checkpoints older than the route table are renamed here)
+    model.load_state_dict(upgrade_weights(model, averaged))  # (names older than the route table renamed)
     with torch.no_grad():
-        return model.save(out)
+        return save(model, out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
 from .base import Scorer
 
 

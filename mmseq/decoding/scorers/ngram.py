@@ -1,4 +1,4 @@
-"""Shallow fusion with a token n-gram language model (see :mod:`mmseq.ngram`), scored over the
+"""Shallow fusion with a token n-gram language model (see :mod:`mmseq.decoding.ngram`), scored over the
 whole vocabulary.
 
 The model is kept as sorted arrays, one set per order: each n-gram's key (its token ids as the
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
+from ...errors import ConfigError, InputError
 from ..ngram import BOS, EOS, LOG10, arpa_word, read_arpa
 from .base import Scorer, text_ids
 
@@ -56,8 +56,8 @@ class NGramLM(Scorer):
     # -- making, saving and loading ---------------------------------------------------------------
     @classmethod
     def from_arpa(cls, model: list[dict], tokenizer, device=None) -> "NGramLM":
-        """From per-order ``{ngram: (log10 p, log10 backoff)}`` (:func:`mmseq.ngram.kneser_ney`,
-        :func:`mmseq.ngram.read_arpa`) whose words are ``tokenizer``'s tokens."""
+        """From per-order ``{ngram: (log10 p, log10 backoff)}`` (:func:`mmseq.decoding.ngram.kneser_ney`,
+        :func:`mmseq.decoding.ngram.read_arpa`) whose words are ``tokenizer``'s tokens."""
         tokens = [arpa_word(p) for p in tokenizer.pieces()]
         ids = {token: i for i, token in enumerate(tokens)}
         if len(ids) != len(tokens):
@@ -104,7 +104,7 @@ class NGramLM(Scorer):
         """The folder of ``ngram.safetensors`` and ``ngram.json``, swapped into place whole."""
         from safetensors.numpy import save_file
 
-        from ..checkpoint import write_folder
+        from ...checkpoint import write_folder
 
         arrays = {}
         for n, (keys, log_probs, backoffs) in enumerate(self.tables, 1):

@@ -2,7 +2,7 @@
 fused scorer over the whole vocabulary.
 
 The LM is the ordinary text decoder trained as task ``"lm"`` with the ``"null"`` encoder (see
-:mod:`mmseq.lm`); it sees ``<s>`` and a prompt's text part, never task or control tokens.
+:mod:`mmseq.decoding.lm`); it sees ``<s>`` and a prompt's text part, never task or control tokens.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 
 import torch
 
-from ..decoder import TextDecoder
-from ..errors import ConfigError
+from ...decoder import TextDecoder
+from ...errors import ConfigError
 from .base import Scorer, text_ids
 
 
@@ -35,7 +35,7 @@ class LanguageModel(Scorer):
 
     @classmethod
     def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "LanguageModel":
-        from ..model import load
+        from ...checkpoint import load
 
         model = load(folder, device)
         kinds = [route.kind for route in model.routes.values()]

@@ -39,7 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 NGRAM_ORDER = 4
 SIGMA = 6.0

@@ -1,6 +1,6 @@
 """The interface of a scorer fused with the decoder in beam search.
 
-Each step of :func:`mmseq.search.beam_search` adds ``weight * gain`` of every fused scorer to the
+Each step of :func:`mmseq.decoding.search.beam_search` adds ``weight * gain`` of every fused scorer to the
 decoder's log-probabilities (ESPnet's weighted sum; whisper's ``decoding.py`` keeps its parts behind
 small classes the same way). A scorer is one object, fused by passing ``(scorer, weight)`` in the
 search's ``scorers`` list (or ``model.generate(batch, scorers=[(scorer, weight)])``): nothing in

@@ -1,7 +1,7 @@
 """Batched inference over many files: loaded in chunks (bounded memory), batched by length,
 results returned in input order; an unreadable file is reported without losing the others.
 Recordings longer than a window are split at pauses and their windows decoded in the same batches
-(see :mod:`mmseq.longform`)."""
+(see :mod:`mmseq.inference.longform`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 from .longform import LongformOptions, Window, continuation_prompt, decode_windows, fit_window, split_audio
 
 
@@ -160,7 +160,7 @@ def decode_long(model, waveforms: list[torch.Tensor], options: LongformOptions |
     joined.
 
     ``decode(pieces, prompts) -> texts`` may replace the model's batched decoding (tests use a fake
-    one); by default it is :func:`mmseq.inference.decode_batched` with ``decoding`` options.
+    one); by default it is :func:`mmseq.inference.run.decode_batched` with ``decoding`` options.
     """
     options, route = options or LongformOptions(), model.route(task, "asr")
     plans = [split_audio(w, route.encoder.sample_rate, options, model, route.name) for w in waveforms]
