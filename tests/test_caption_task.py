@@ -9,7 +9,9 @@ import pytest
 import torch
 from caption_helpers import COLORS, IMAGE_SIZE, captions_of, make_caption_model, word_tokenizer, write_caption_corpus
 
-from mmseq.decoding.search import DecodingOptions, _bad_endings, _filter, beam_search, greedy_search
+from mmseq.decoding.filters import BadEndings, Step
+from mmseq.decoding.options import DecodingOptions
+from mmseq.decoding.search import beam_search, greedy_search
 from mmseq.tasks import ExampleDataset
 from mmseq.tokenizer import CharTokenizer
 
@@ -85,14 +87,14 @@ def test_a_caption_longer_than_the_decoder_drops_only_itself_in_training(model, 
 
 def test_bad_ending_words_ban_the_end_only_after_the_whole_word():
     tokenizer = CharTokenizer(list("abehtonwix "))
-    patterns = _bad_endings(tokenizer, ["the", "a", 5], device="cpu")
+    rule = BadEndings(tokenizer, ["the", "a", 5], device="cpu")
     texts = ["on the", "bathe", "the", "a", "on a", "oxa", "no"]
     length = max(map(len, texts))
     eos = tokenizer.eos_id
     for text in texts:
         tokens = torch.tensor([tokenizer.encode(text)])
         log_probs = torch.zeros(1, tokenizer.vocab_size)
-        _filter(log_probs, tokens.shape[1], torch.tensor([length + 5]), tokens, DecodingOptions(), eos, patterns)
+        rule.apply(log_probs, Step(tokens.shape[1], tokens, torch.tensor([length + 5])))
         banned = text in ("on the", "the", "a", "on a")
         assert (log_probs[0, eos] == float("-inf")) == banned, text
 
@@ -106,7 +108,7 @@ class ScriptedDecoder:
         self.eos, self.vocab = tokenizer.eos_id, tokenizer.vocab_size
         self.config = SimpleNamespace(max_length=64)
 
-    def init_cache(self, memory, memory_mask, max_length=None):
+    def init_cache(self, memory, memory_mask, max_length=None, offsets=None):
         return ScriptedCache(memory.shape[0])
 
     def step(self, tokens, cache):
@@ -127,6 +129,8 @@ class ScriptedCache:
     def repeat(self, times):
         self.rows *= times
         return self
+
+    share = repeat
 
     def select(self, index):
         self.rows = len(index)

@@ -12,9 +12,10 @@ import torch
 from conftest import TINY_DECODER, make_model, waveform_batch
 from mmseq.config import Config, DataConfig, TrainerConfig
 from mmseq.errors import ConfigError
-from mmseq.decoding.lm import LanguageModel
+from mmseq.decoding.scorers.lm import LanguageModel
 from mmseq.model import ModelConfig, Seq2Seq
-from mmseq.decoding.search import DecodingOptions, beam_search
+from mmseq.decoding.options import DecodingOptions
+from mmseq.decoding.search import beam_search
 from mmseq.tokenizer import CharTokenizer
 
 PROMPTS = ["<|asr|>", "<|caption|>", "<|text|>", "<|short|>"]

@@ -14,8 +14,9 @@ import torch
 from conftest import make_model, waveform_batch
 from mmseq.errors import ConfigError, InputError
 from mmseq.decoding.ngram import BOS, EOS, arpa_word, count_ngrams, kneser_ney, read_arpa, train_ngram, write_arpa
-from mmseq.decoding.scorers import NGramLM
-from mmseq.decoding.search import DecodingOptions, beam_search
+from mmseq.decoding.scorers.ngram import NGramLM
+from mmseq.decoding.options import DecodingOptions
+from mmseq.decoding.search import beam_search
 from mmseq.tokenizer import CharTokenizer
 
 PROMPTS = ["<|asr|>", "<|caption|>", "<|text|>", "<|short|>"]

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from conftest import make_model, waveform_batch
-from mmseq.decoding.scorers import LanguageModel, Scorer
-from mmseq.decoding.search import DecodingOptions, beam_search
+from mmseq.decoding.scorers import Scorer
+from mmseq.decoding.scorers.lm import LanguageModel
+from mmseq.decoding.options import DecodingOptions
+from mmseq.decoding.search import beam_search
 from mmseq.tokenizer import CharTokenizer
 
 

@@ -12,8 +12,9 @@ import torch
 from torch.nn import functional as F
 
 from conftest import make_model, waveform_batch
-from mmseq.decoding.ctc import CTCPrefixScorer
-from mmseq.decoding.search import DecodingOptions, beam_search, greedy_search
+from mmseq.decoding.scorers.ctc import CTCPrefixScorer
+from mmseq.decoding.options import DecodingOptions
+from mmseq.decoding.search import beam_search, greedy_search
 from mmseq.tokenizer import CharTokenizer
 
 

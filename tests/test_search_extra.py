@@ -12,10 +12,11 @@ import torch
 from torch.nn import functional as F
 
 from conftest import make_model, waveform_batch
-from mmseq.decoding.ctc import CTCPrefixScorer
+from mmseq.decoding.scorers.ctc import CTCPrefixScorer
 from mmseq.decoder import DecoderConfig, TextDecoder
 from mmseq.errors import ConfigError
-from mmseq.decoding.search import DecodingOptions, beam_search, final_score, greedy_search
+from mmseq.decoding.options import DecodingOptions
+from mmseq.decoding.search import beam_search, final_score, greedy_search
 from mmseq.tokenizer import CharTokenizer
 
 
@@ -62,7 +63,7 @@ class MarkovDecoder:
     def __init__(self, table: torch.Tensor):
         self.table, self.config, self.calls = table, SimpleNamespace(max_length=64), []
 
-    def init_cache(self, memory, mask, max_length=None):
+    def init_cache(self, memory, mask, max_length=None, offsets=None):
         return MarkovCache(memory.shape[0])
 
     def step(self, tokens, cache):

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mmseq.model import ModelConfig, Seq2Seq  # noqa: E402
-from mmseq.decoding.search import DecodingOptions, beam_search, greedy_search  # noqa: E402
+from mmseq.decoding.options import DecodingOptions  # noqa: E402
+from mmseq.decoding.search import beam_search, greedy_search  # noqa: E402
 from mmseq.tokenizer import CharTokenizer  # noqa: E402
 
 ENCODER = dict(name="conformer", n_mels=80, dim=144, layers=4, heads=4, ffn_dim=576, conv_kernel=15, subsampling=4,

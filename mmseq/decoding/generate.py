@@ -9,7 +9,9 @@ from dataclasses import asdict
 import torch
 
 from ..errors import InputError
-from .search import DecodingOptions, Hypothesis, beam_search, fused_scorers, greedy_search
+from .options import DecodingOptions, Hypothesis
+from .scorers.fusion import fused_scorers
+from .search import beam_search, greedy_search
 
 
 @torch.no_grad()
@@ -27,8 +29,8 @@ def generate(model, batch: dict, prompt=None, lm=None, scorers=(), context=None,
     ``prompt`` adds to them, ``context`` replaces them.
 
     ``lm``: a language model scorer fused with weight ``lm_weight``: a
-    :class:`mmseq.decoding.scorers.LanguageModel` or an n-gram
-    :class:`mmseq.decoding.scorers.NGramLM` (:func:`mmseq.load_lm` reads either from a path).
+    :class:`mmseq.decoding.scorers.lm.LanguageModel` or an n-gram
+    :class:`mmseq.decoding.scorers.ngram.NGramLM` (:func:`mmseq.load_lm` reads either from a path).
     ``options`` override the checkpoint's :class:`DecodingOptions` (``beam_size``, ``ctc_weight``, ``nbest``, ...). ``scorers``: more ``(scorer, weight)``
     pairs fused with the decoder (:class:`mmseq.decoding.scorers.Scorer`). With ``timestamp_tokens=True``
     the output holds the tokenizer's timestamp tokens, and the prompt drops the token that asks
@@ -46,10 +48,9 @@ def generate(model, batch: dict, prompt=None, lm=None, scorers=(), context=None,
         contexts = _per_input(context, count, "context", route.task.context_ids, words=True)
     if lm is not None and not hasattr(lm, "check_tokenizer"):
         raise InputError(f"lm={lm!r}: give a loaded language model (mmseq.load_lm(path, model.tokenizer))")
-    if lm is not None and options.lm_weight > 0:
+    lm = lm if lm is not None and options.lm_weight > 0 else None
+    if lm is not None:
         lm.check_tokenizer(model.tokenizer)
-    else:
-        lm = None
     inputs = batch["inputs"].to(model.device)
     lengths = batch.get("lengths")
     memory, memory_mask = route.encoder(inputs, lengths.to(model.device) if lengths is not None else None)
@@ -63,7 +64,7 @@ def generate(model, batch: dict, prompt=None, lm=None, scorers=(), context=None,
     for ids, members in groups.items():
         part = None if len(members) == count else torch.tensor(members, device=model.device)
         pick = (lambda x: x) if part is None else (lambda x: x.index_select(0, part))
-        fused = fused_scorers(model, options, None if ctc is None else pick(ctc), lm, scorers)
+        fused = fused_scorers(model.tokenizer, options, None if ctc is None else pick(ctc), lm, scorers)
         group_context = [contexts[i] for i in members]
         if options.beam_size == 1 and not fused:
             found = [[hyp] for hyp in greedy_search(model, pick(memory), pick(memory_mask), list(ids), options,

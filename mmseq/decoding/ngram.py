@@ -1,6 +1,7 @@
 """Token n-gram language models: counted from text in minutes, written and read as ARPA files (the
-format of KenLM and SRILM), fused in beam search by :class:`mmseq.decoding.scorers.NGramLM` (which also
-saves them as safetensors arrays, the fast way to load).
+format of KenLM and SRILM), fused in beam search by :class:`mmseq.decoding.scorers.ngram.NGramLM` (which also
+saves them as safetensors arrays, the fast way to load; :func:`mmseq.decoding.lm.build` counts one
+with a checkpoint's tokenizer).
 
     mmseq ngram exp/synth_speech/best data/synth_speech/lm.jsonl --order 4 --prune 2 --out exp/synth_speech_ngram
 
@@ -181,21 +182,3 @@ def read_texts(paths: Iterable[str | os.PathLike]) -> Iterable[str]:
                     raise InputError(f"{path}:{number}: no \"text\" string")
                 if text.strip():
                     yield text.strip()
-
-
-def build(checkpoint: str | os.PathLike, texts: Iterable[str | os.PathLike], out: str | os.PathLike, order: int = 4,
-          prune: int = 1, arpa: str | os.PathLike | None = None) -> dict:
-    """``mmseq ngram``: count ``texts`` (files) with ``checkpoint``'s tokenizer into an n-gram
-    model saved in the folder ``out`` (and, with ``arpa``, as an ARPA file); returns its sizes."""
-    from ..checkpoint import read_config
-    from .scorers.ngram import NGramLM
-    from ..tokenizer import build_tokenizer
-
-    if order < 1 or prune < 1:
-        raise InputError(f"--order and --prune must be at least 1, got {order} and {prune}")
-    tokenizer = build_tokenizer(read_config(checkpoint)["tokenizer"], checkpoint)
-    model = train_ngram(tokenizer, read_texts(texts), order, prune)
-    if arpa:
-        write_arpa(model, arpa)
-    NGramLM.from_arpa(model, tokenizer).save(out)
-    return {f"{n}-grams": len(entries) for n, entries in enumerate(model, 1)}

@@ -114,7 +114,7 @@ def _check(model, route) -> None:
 def _configs(model, route) -> tuple[dict, dict, dict, dict]:
     """``config.json``, ``generation_config.json``, ``preprocessor_config.json`` and
     ``tokenizer_config.json`` of the exported folder."""
-    from ..decoding.search import DecodingOptions
+    from ..decoding.options import DecodingOptions
 
     tokenizer, decoder, encoder = model.tokenizer, model.decoder.config, route.encoder
     decoding = DecodingOptions(**{**asdict(model.decoding), **route.decoding})

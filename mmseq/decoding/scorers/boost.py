@@ -20,11 +20,18 @@ from .base import Scorer
 
 
 class ContextBoost(Scorer):
-    """Boost the words ``words[i]`` (a list of strings) of input ``i`` of a search."""
+    """Boost the words ``words[i]`` (a list of strings) of input ``i`` of a search.
+
+    State: a list of ``(input, the tokens of the row's current word so far)``, one per row, on
+    the host. Host synchronisation: :meth:`advance` and :meth:`select` read the chosen rows and
+    tokens with ``.tolist()`` (two syncs per step), and :meth:`score` builds the gains row by row
+    in Python on the CPU, then copies them to the search's device. Meant for short word lists; a
+    prefix tree held as tensors (node per row, a child table gathered per step) would remove the
+    syncs.
+    """
 
     def __init__(self, tokenizer, words: list[list[str]]):
         self.tokenizer = tokenizer
-        vocab = tokenizer.vocab_size
         starts = self.starts = torch.tensor(tokenizer.word_starts(), dtype=torch.bool)
         # Per input: the prefixes of its words' token sequences, each with the tokens that may follow,
         # and the whole words.

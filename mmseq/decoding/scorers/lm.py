@@ -26,7 +26,8 @@ class LanguageModel(Scorer):
 
     State: ``{"cache": the LM's DecoderCache, "log_probs": (rows, vocab) scores of the next token
     or None, "pending": (rows,) tokens not yet fed}``; feeding is lazy, so rows that leave the batch
-    after a step are never run through the LM.
+    after a step are never run through the LM. Tensors only: no host synchronisation (on another
+    device than the search's, the tokens and scores are copied across).
     """
 
     def __init__(self, decoder: TextDecoder, tokenizer):

@@ -37,7 +37,12 @@ class NGramLM(Scorer):
     >>> model.generate(batch, beam_size=4, lm=lm, lm_weight=0.5)
 
     ``tables``: per order ``n`` (1 to ``order``), ``(keys, log_probs, backoffs)`` numpy arrays
-    sorted by key, natural logs. State: ``{"histories": a token-id tuple per row}``.
+    sorted by key, natural logs. State: ``{"histories": a token-id tuple per row}``, on the host.
+
+    Host synchronisation: :meth:`advance` and :meth:`select` read the chosen rows and tokens with
+    ``.tolist()`` (two syncs per step), and a history's next-token vector is looked up in the
+    numpy tables (``searchsorted``) the first time it is seen, then kept; :meth:`score` stacks the
+    kept vectors of the rows (on the scorer's ``device``) and moves them to the search's.
     """
 
     def __init__(self, tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tokens: list[str], tokenizer,
