@@ -11,15 +11,15 @@ a list of these ids that the decoder is forced through before it generates, as W
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Iterable
 
-from .errors import TokenizerError
+from .errors import ConfigError, TokenizerError
 from .registry import Registry
 
 TOKENIZERS = Registry("tokenizer")
@@ -201,14 +201,23 @@ class SentencePieceTokenizer(Tokenizer):
             with open(corpus, "w", encoding="utf-8") as file:
                 for text in texts:
                     file.write(text.replace("\n", " ") + "\n")
-            sentencepiece.SentencePieceTrainer.train(
-                input=corpus, model_prefix=os.path.join(tmp, "sp"), vocab_size=vocab_size,
-                model_type=model_type, character_coverage=1.0, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
-                pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK,
-                # Control symbols, not user-defined ones: text that spells "<|asr|>" stays text (as
-                # with the char tokenizer), so a transcript can never inject a prompt token.
-                control_symbols=prompt_tokens, hard_vocab_limit=False, minloglevel=2,
-            )
+            try:
+                sentencepiece.SentencePieceTrainer.train(
+                    input=corpus, model_prefix=os.path.join(tmp, "sp"), vocab_size=vocab_size,
+                    model_type=model_type, character_coverage=1.0, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+                    pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK,
+                    # Control symbols, not user-defined ones: text that spells "<|asr|>" stays text (as
+                    # with the char tokenizer), so a transcript can never inject a prompt token.
+                    control_symbols=prompt_tokens, hard_vocab_limit=False, minloglevel=2,
+                )
+            except RuntimeError as error:
+                # Every character of the text (coverage 1.0) and every special token needs an id.
+                needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
+                if needed is None:
+                    raise
+                raise ConfigError(f"tokenizer.vocab_size={vocab_size}: the training text's characters and the "
+                                  f"special tokens need at least {needed.group(1)} ids; give a larger vocab_size "
+                                  "(or tokenizer.type=char)") from None
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(os.path.join(tmp, "sp.model"), out)
         return cls(out, prompt_tokens)
@@ -371,6 +380,3 @@ def train_tokenizer(kind: str, texts: Iterable[str], **settings) -> Tokenizer:
     """Train a tokenizer of a registered kind from texts, e.g. ``train_tokenizer("char", texts)``."""
     return TOKENIZERS.get(kind).train(texts, **settings)
 
-
-def save_tokenizer_config(tokenizer: Tokenizer, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(tokenizer.config(), indent=1))

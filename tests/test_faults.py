@@ -232,7 +232,7 @@ def _train(manifest, out, *extra):
 @pytest.fixture
 def two_checkpoints(tmp_path):
     """An output folder holding the checkpoints of epochs 1 and 2 of a tiny run."""
-    from mmseq.training.trainer import list_checkpoints
+    from mmseq.training.state import list_checkpoints
 
     manifest = write_speech_corpus(tmp_path / "data", 8)
     _train(manifest, tmp_path / "out", "trainer.max_epochs=2")
@@ -287,7 +287,7 @@ def test_resume_falls_back_past_other_corrupt_files(damage, two_checkpoints, cap
 def test_no_loadable_checkpoint_stops_instead_of_starting_afresh(two_checkpoints):
     """Every checkpoint corrupt: a clear error naming the folder and the newest's fault; nothing
     new is written over the old run (and the folder's lock is released)."""
-    from mmseq.training.trainer import TrainingError
+    from mmseq.errors import TrainingError
 
     manifest, out, checkpoints = two_checkpoints
     for folder in checkpoints:
@@ -301,7 +301,7 @@ def test_no_loadable_checkpoint_stops_instead_of_starting_afresh(two_checkpoints
 
 
 def test_leftover_temporary_folders_are_ignored_on_resume(two_checkpoints, capfd):
-    from mmseq.training.trainer import list_checkpoints
+    from mmseq.training.state import list_checkpoints
 
     manifest, out, (older, newer) = two_checkpoints
     (newer.parent / f".step-99999999.tmp-deadbeef").mkdir()
@@ -322,7 +322,7 @@ time.sleep(120)
 
 
 def test_a_second_run_on_the_same_folder_is_refused_and_changes_nothing(tmp_path):
-    from mmseq.training.trainer import TrainingError
+    from mmseq.errors import TrainingError
 
     manifest = write_speech_corpus(tmp_path / "data", 8)
     out = tmp_path / "out"

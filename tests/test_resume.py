@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from conftest import write_train_config
 from mmseq.config import load_config
-from mmseq.training.trainer import list_checkpoints, train
+from mmseq.training.state import list_checkpoints
+from mmseq.training.trainer import train
 
 
 def weights(folder):

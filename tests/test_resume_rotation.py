@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from conftest import write_speech_corpus, write_train_config
 from mmseq.config import load_config
-from mmseq.training.trainer import list_checkpoints, train
+from mmseq.training.state import list_checkpoints
+from mmseq.training.trainer import train
 
 SETTINGS = ["tokenizer.type=sentencepiece", "tokenizer.vocab_size=40", "trainer.keep_best=1", "trainer.keep_last=1"]
 

@@ -193,7 +193,8 @@ def test_training_state_is_read_with_weights_only(tmp_path, marker, capfd):
     """A trainer_state.pt with a payload: resume must not run it; it refuses the state (or falls
     back), with an error that names the file."""
     from mmseq.config import load_config
-    from mmseq.training.trainer import list_checkpoints, train
+    from mmseq.training.state import list_checkpoints
+    from mmseq.training.trainer import train
 
     manifest = write_speech_corpus(tmp_path / "data", 8)
     settings = [f"data.train={manifest}", f"output_dir={tmp_path / 'out'}", "trainer.max_epochs=1",

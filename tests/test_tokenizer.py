@@ -7,7 +7,7 @@ import pytest
 
 from mmseq.errors import TokenizerError
 from mmseq.tokenizer import (CharTokenizer, SentencePieceTokenizer, TASK_TOKENS, build_tokenizer,
-                             save_tokenizer_config, train_tokenizer)
+                             train_tokenizer)
 
 PROMPTS = TASK_TOKENS + ["<|short|>", "<|long|>"]
 
@@ -105,7 +105,7 @@ def test_decode_drops_specials_and_stops_at_eos(kind, char, sentencepiece_tokeni
 
 
 def test_char_save_and_rebuild(char, tmp_path, texts):
-    save_tokenizer_config(char, tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer.json").write_text(json.dumps(char.config()))
     config = json.loads((tmp_path / "tokenizer.json").read_text())
     rebuilt = build_tokenizer(config, tmp_path)
     assert isinstance(rebuilt, CharTokenizer)

@@ -19,8 +19,11 @@ from conftest import TINY_DECODER, TINY_ENCODER, write_speech_corpus
 from mmseq.config import load_config
 from mmseq.errors import ConfigError
 from mmseq.checkpoint import load
-from mmseq.training.trainer import (STATE_JSON, TRAINING_WEIGHTS, Trainer, TrainingError, WeightAverage,
-                         checkpoint_activations, layer_modules, list_checkpoints)
+from mmseq.errors import TrainingError
+from mmseq.training.distributed import checkpoint_activations, layer_modules
+from mmseq.training.optim import WeightAverage
+from mmseq.training.state import STATE_JSON, TRAINING_WEIGHTS, list_checkpoints
+from mmseq.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECAUGMENT = {"freq_masks": 1, "freq_width": 4, "time_masks": 1, "time_width": 0.05}

@@ -41,3 +41,24 @@ def test_a_fifo_as_audio_in_a_worker_is_skipped_without_blocking(tmp_path, capfd
     err = capfd.readouterr().err
     assert f"skipped: {manifest}:7: " in err and "FIFO" in err
     assert (tmp_path / "run" / "out" / "last").exists()
+
+
+def test_a_sentencepiece_vocabulary_smaller_than_the_characters_is_a_config_error(tmp_path):
+    """Not sentencepiece's RuntimeError traceback: one line naming the setting and the size needed."""
+    import re
+
+    import pytest
+
+    from mmseq.errors import ConfigError
+
+    manifest = write_speech_corpus(tmp_path / "corpus", count=6)
+    config = load_config(write_train_config(tmp_path / "run", manifest, max_epochs=1),
+                         ["tokenizer.type=sentencepiece", "tokenizer.vocab_size=5"])
+    with pytest.raises(ConfigError) as refused:
+        train(config)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("tokenizer.vocab_size=5: ")
+    needed = int(re.search(r"needs? at least (\d+)", message).group(1))
+    assert needed > 5
+    train(load_config(write_train_config(tmp_path / "run2", manifest, max_epochs=1),
+                      ["tokenizer.type=sentencepiece", f"tokenizer.vocab_size={needed}"]))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, list_checkpoints, ranked_checkpoints, read_config, read_weights
+from ..checkpoint import WEIGHTS_FILE, load, read_config, read_weights, save, upgrade_weights
 from ..errors import CheckpointError, ConfigError
-from ..checkpoint import load, save, upgrade_weights
+from .state import list_checkpoints, ranked_checkpoints
 
 
 def select_checkpoints(run: str | Path, last: int | None = None, best: int | None = None) -> list[Path]:

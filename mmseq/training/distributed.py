@@ -4,7 +4,7 @@ over ranks, FSDP2 sharding, and activation checkpointing of a model's repeated l
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -97,6 +97,24 @@ def shard_model(model: nn.Module) -> None:
         for name in methods:
             register_fsdp_forward_method(module, name)
     fully_shard(model)
+
+
+def wrap_network(network: nn.Module, world: int, sharded: bool, device: torch.device) -> nn.Module:
+    """``network`` in DistributedDataParallel when several processes train unsharded copies."""
+    if world == 1 or sharded:
+        return network
+    return nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def gradient_sync(ddp: nn.Module, model: nn.Module, world: int, sharded: bool, sync: bool):
+    """Within an accumulation window only the last micro-batch exchanges gradients: a context in
+    which DDP (``ddp``) or FSDP (``model``) syncs them only when ``sync``."""
+    if world == 1:
+        return nullcontext()
+    if sharded:
+        model.set_requires_gradient_sync(sync)
+        return nullcontext()
+    return nullcontext() if sync else ddp.no_sync()
 
 
 @contextmanager

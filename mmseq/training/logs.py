@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..plots import plot_curves
+
 CSV_FIELDS = ["time", "split", "epoch", "step", "loss", "attention_loss", "ctc_loss", "accuracy", "lr", "metric"]
 TENSORBOARD_FOLDER = "tensorboard"
 
@@ -94,6 +96,34 @@ class RunLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def validation_line(epoch: int, metrics: dict, skipped: int) -> str:
+    """``epoch N valid: loss=... accuracy=... wer=... skipped=K`` (the skipped only when some were)."""
+    summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    if skipped:
+        summary += f" skipped={skipped}"
+    return f"epoch {epoch + 1} valid: {summary}"
+
+
+def draw_curves(out: Path, val_metric: str, log) -> None:
+    """``out/curves.png``: training and validation loss, and the validation metric, by step, from
+    ``out/log.csv``. A failure is logged and never stops training."""
+    try:
+        plot_curves(out / "log.csv", out / "curves.png", val_metric)
+    except Exception as error:
+        log(f"could not draw curves.png: {error}")
+
+
+def skipped_line(state: dict, manifest_errors: int, limit: int) -> str | None:
+    """The line at the end of an epoch once any example was skipped: those of this epoch, on all
+    ranks, and the run's total that ``data.max_bad_examples`` limits (bad manifest lines too)."""
+    in_run = state["bad_examples"] + manifest_errors
+    if not in_run:
+        return None
+    lines = f", {manifest_errors} of them bad manifest lines" if manifest_errors else ""
+    return (f"epoch {state['epoch'] + 1}: skipped {state['bad_examples_in_epoch']} unreadable examples ({in_run} in "
+            f"all{lines}; limit data.max_bad_examples={limit})")
 
 
 def progress_bar_settings() -> dict:

@@ -42,6 +42,12 @@ def lr_factor(step: int, total: int, config) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int, config, dtype, device: torch.device):
+    """The learning rate schedule (:func:`lr_factor`) and the loss scaler (on with fp16 only)."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))
+    return scheduler, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 on GPUs that have it, else fp16 (with a loss scaler); fp32 on CPU unless asked."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):

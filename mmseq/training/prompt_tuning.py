@@ -34,60 +34,62 @@ from ..adapters import add_lora, add_route, freeze
 from ..checkpoint import WEIGHTS_FILE, file_sha256, load
 from ..errors import ConfigError, InputError
 from ..tasks import TaskTable
+from .stages import Stage
 
 
-def start_model(settings):
-    """The model a new prompt-tuning run starts from: the base with the new route, its pointer set."""
-    base = Path(settings.base)
-    model = load(base)
-    if model.prompt_tuning is not None:
-        raise ConfigError(f"prompt_tuning.base={settings.base}: a prompt-tuned folder; tune from a full checkpoint")
-    try:
-        from_task = model.route(settings.from_task).name
-    except InputError as error:
-        raise ConfigError(f"prompt_tuning.from_task: {error}") from None
-    room = model.decoder.config.max_length - 1 - len(model.route(from_task).task.prompt())  # <s> and the prompt
-    if settings.vectors >= room:
-        raise ConfigError(f"prompt_tuning.vectors={settings.vectors}: the base's decoder holds "
-                          f"{model.decoder.config.max_length} tokens, prompt and text together; give fewer than {room}")
-    add_route(model, settings.task, from_task, settings.vectors, settings.deep)
-    if settings.lora:
-        add_lora(model.decoder, settings.lora)
-    model.prompt_tuning = {"deep": bool(settings.deep), "lora": int(settings.lora), "base": str(settings.base), "base_absolute": str(base.resolve()),
-                           "base_sha256": file_sha256(base / WEIGHTS_FILE), "task": settings.task,
-                           "from_task": from_task,
-                           "vectors": int(settings.vectors), "train": settings.train}
-    return model
+class PromptTuningStage(Stage):
+    """The prompt-tuning stage of a run (``prompt_tuning.base``): the base with a new route whose
+    soft prompt (and LoRA, ``prompt_tuning.lora``) alone is trained, on the new task alone."""
 
+    def start_model(self):
+        """The base with the new route, its pointer set."""
+        settings = self.config.prompt_tuning
+        base = Path(settings.base)
+        model = load(base)
+        if model.prompt_tuning is not None:
+            raise ConfigError(f"prompt_tuning.base={settings.base}: a prompt-tuned folder; tune from a full checkpoint")
+        try:
+            from_task = model.route(settings.from_task).name
+        except InputError as error:
+            raise ConfigError(f"prompt_tuning.from_task: {error}") from None
+        room = model.decoder.config.max_length - 1 - len(model.route(from_task).task.prompt())  # <s> and the prompt
+        if settings.vectors >= room:
+            raise ConfigError(f"prompt_tuning.vectors={settings.vectors}: the base's decoder holds "
+                              f"{model.decoder.config.max_length} tokens, prompt and text together; give fewer than {room}")
+        add_route(model, settings.task, from_task, settings.vectors, settings.deep)
+        if settings.lora:
+            add_lora(model.decoder, settings.lora)
+        model.prompt_tuning = {"deep": bool(settings.deep), "lora": int(settings.lora), "base": str(settings.base),
+                               "base_absolute": str(base.resolve()), "base_sha256": file_sha256(base / WEIGHTS_FILE),
+                               "task": settings.task, "from_task": from_task, "vectors": int(settings.vectors),
+                               "train": settings.train}
+        return model
 
-def check_resumed(settings, model, folder) -> None:
-    """A resumed run's checkpoint was tuned as the config says (same task, vectors, way of
-    training, and base weights)."""
-    record = model.prompt_tuning or {}
-    for key in ("task", "vectors", "train", "deep", "lora"):
-        if record.get(key, False) != getattr(settings, key):
-            raise ConfigError(f"{folder}: tuned with prompt_tuning.{key}={record.get(key)!r}, the config says "
-                              f"{getattr(settings, key)!r}; resume with the same settings or use another output_dir")
-    weights = Path(settings.base) / WEIGHTS_FILE
-    if weights.is_file() and file_sha256(weights) != record.get("base_sha256"):
-        raise ConfigError(f"{weights}: not the base {folder / WEIGHTS_FILE} was tuned from (its SHA-256 differs); "
-                          "resume with that base or use another output_dir")
+    def check_resumed(self, model, folder: Path) -> None:
+        """The resumed checkpoint was tuned as the config says (same task, vectors, way of
+        training, and base weights)."""
+        settings, record = self.config.prompt_tuning, model.prompt_tuning or {}
+        for key in ("task", "vectors", "train", "deep", "lora"):
+            if record.get(key, False) != getattr(settings, key):
+                raise ConfigError(f"{folder}: tuned with prompt_tuning.{key}={record.get(key)!r}, the config says "
+                                  f"{getattr(settings, key)!r}; resume with the same settings or use another output_dir")
+        weights = Path(settings.base) / WEIGHTS_FILE
+        if weights.is_file() and file_sha256(weights) != record.get("base_sha256"):
+            raise ConfigError(f"{weights}: not the base {folder / WEIGHTS_FILE} was tuned from (its SHA-256 differs); "
+                              "resume with that base or use another output_dir")
 
+    def training_table(self, model, log):
+        """Freeze the model but its prompt, log the trainable share, and return the new route alone,
+        so that every training and validation line is its (no ``task`` field needed)."""
+        record = model.prompt_tuning
+        trainable, total = freeze(model, record["train"])
+        log(f"prompt tuning task {record['task']!r} (from {record['from_task']!r} of {record['base']}): "
+            f"{trainable} trainable parameters of {total} ({100 * trainable / total:.3g} %)")
+        route = model.routes[record["task"]]
+        return TaskTable({route.name: route.task}, {route.name: route.batch_size})
 
-def training_table(model, log):
-    """Freeze the model but its prompt, log the trainable share, and return the task table the
-    trainer reads, batches and scores with: the new route alone, so that every training and
-    validation line is its (no ``task`` field needed)."""
-    record = model.prompt_tuning
-    trainable, total = freeze(model, record["train"])
-    log(f"prompt tuning task {record['task']!r} (from {record['from_task']!r} of {record['base']}): "
-        f"{trainable} trainable parameters of {total} ({100 * trainable / total:.3g} %)")
-    route = model.routes[record["task"]]
-    return TaskTable({route.name: route.task}, {route.name: route.batch_size})
-
-
-def size_line(folder: Path) -> str:
-    """A log line: the checkpoint's weights file and whole folder in bytes."""
-    total = sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
-    return (f"checkpoint {Path(folder).name}: {WEIGHTS_FILE} {(Path(folder) / WEIGHTS_FILE).stat().st_size} bytes, "
+    def after_save(self, folder: Path, log) -> None:
+        """Log the checkpoint's weights file and whole folder in bytes."""
+        total = sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+        log(f"checkpoint {Path(folder).name}: {WEIGHTS_FILE} {(Path(folder) / WEIGHTS_FILE).stat().st_size} bytes, "
             f"folder {total} bytes")

@@ -29,44 +29,21 @@ from __future__ import annotations
 import csv
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..metrics.cider import SIGMA, CiderD
+from ..checkpoint import load
+from ..config import SCSTConfig
+from ..decoding.options import DecodingOptions
+from ..decoding.search import beam_search, sample
 from ..errors import ConfigError, InputError
-from ..decoding.search import DecodingOptions, beam_search, sample
+from ..metrics.cider import CiderD
+from .stages import Stage
 
-CANDIDATE_KINDS = ("sample", "beam")
-
-
-@dataclass
-class SCSTConfig:
-    enabled: bool = False  # train with the SCST objective instead of cross-entropy
-    init_from: str | None = None  # cross-entropy checkpoint folder the stage starts from
-    count: int = 5  # candidates per image (at least 2: each one's baseline is the others' mean)
-    candidates: str = "sample"  # "sample" (temperature, top_k) or "beam" (the count best of a beam of count)
-    temperature: float = 1.0  # sampling temperature
-    top_k: int = 0  # sample among the k most likely tokens (0: all)
-    max_length: int | None = None  # most new tokens per candidate (None: the checkpoint's decoding.max_length)
-    sigma: float = SIGMA  # CIDEr-D's length penalty
-    document_frequency_file: str = "cider_df.json"  # CIDEr-D's cache, relative to output_dir
-
-    def check(self) -> "SCSTConfig":
-        if not self.enabled:
-            return self
-        if not self.init_from:
-            raise ConfigError("scst.init_from: SCST starts from a cross-entropy checkpoint folder; none given")
-        if self.count < 2:
-            raise ConfigError(f"scst.count must be at least 2 (the baseline is the other candidates' mean), got {self.count}")
-        if self.candidates not in CANDIDATE_KINDS:
-            raise ConfigError(f"scst.candidates must be one of {CANDIDATE_KINDS}, got {self.candidates!r}")
-        if self.temperature <= 0 or self.top_k < 0 or self.sigma <= 0:
-            raise ConfigError("scst.temperature and scst.sigma must be positive and scst.top_k not negative")
-        return self
 
 
 # Punctuation the PTB tokenizer of the caption metrics splits off and drops: removed from candidates
@@ -152,20 +129,6 @@ def draw_candidates(model, memory: torch.Tensor, memory_mask: torch.Tensor, prom
 def record(config: SCSTConfig) -> dict:
     """The reward settings a checkpoint's ``config.json`` keeps under ``training.scst``."""
     return {**asdict(config), "reward": "CIDEr-D", "baseline": "mean of the other candidates"}
-
-
-def start_model(config: SCSTConfig):
-    """The cross-entropy checkpoint an SCST stage starts from (weights, tokenizer, settings), its
-    training record already naming the SCST settings (copies of it, such as a weight average, keep them)."""
-    from ..checkpoint import load
-
-    config.check()
-    model = load(config.init_from)
-    if not any(route.kind == "caption" for route in model.routes.values()):
-        raise ConfigError(f"scst.init_from={config.init_from}: SCST trains a caption task, and this checkpoint "
-                          f"has none (its tasks: {', '.join(model.routes)})")
-    model.training_record["scst"] = record(config)
-    return model
 
 
 def _is_main() -> bool:
@@ -256,3 +219,27 @@ class SelfCriticalObjective(nn.Module):
             words = sum(len(text.split()) for text in texts) / max(len(texts), 1)
             writer.writerow([round(time.time(), 1), self.batches, round(float(rewards.mean()), 4),
                              round(best, 4), round(words, 2)])
+
+
+class SelfCriticalStage(Stage):
+    """The SCST stage of a run (``scst.enabled``): it starts from the cross-entropy checkpoint
+    ``scst.init_from``, reads one training example per image (all its captions are the references)
+    and trains :class:`SelfCriticalObjective`."""
+
+    one_example_per_reference = False
+
+    def start_model(self):
+        """The cross-entropy checkpoint the stage starts from (weights, tokenizer, settings)."""
+        settings = self.config.scst.check()
+        model = load(settings.init_from)
+        if not any(route.kind == "caption" for route in model.routes.values()):
+            raise ConfigError(f"scst.init_from={settings.init_from}: SCST trains a caption task, and this checkpoint "
+                              f"has none (its tasks: {', '.join(model.routes)})")
+        return model
+
+    def objective(self, model, examples: list[dict], output_dir: Path) -> nn.Module:
+        return SelfCriticalObjective(model, self.config.scst, examples, output_dir)
+
+    def record(self) -> dict:
+        # Set on the model as it starts, so that its copies (a weight average) keep it too.
+        return {"scst": record(self.config.scst)}
