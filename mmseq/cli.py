@@ -42,19 +42,29 @@ def _options(args) -> dict:
     if args.lm:
         names.update(lm=args.lm, lm_weight=0.3 if args.lm_weight is None else args.lm_weight)
     if getattr(args, "window", None) is not None:
-        from .inference.longform import LongformOptions
-        before, after = args.silence or (LongformOptions.silence_before, LongformOptions.silence_after)
-        names["longform"] = LongformOptions(window=args.window, split=args.split, segment_pause=args.segment_pause,
-                                            silence_before=before, silence_after=after)
+        names["longform"] = _longform(args)
     return {k: v for k, v in names.items() if v is not None}
+
+
+def _longform(args):
+    """The long-audio settings of ``transcribe``; a ``--window`` out of range is a one-line error."""
+    from .errors import ConfigError
+    from .inference.longform import LongformOptions
+    before, after = args.silence or (LongformOptions.silence_before, LongformOptions.silence_after)
+    try:
+        return LongformOptions(window=args.window, split=args.split, segment_pause=args.segment_pause,
+                               silence_before=before, silence_after=after)
+    except ConfigError as error:  # "window=1e-09: ..." as the flag the user typed
+        raise ConfigError(f"--{error}".replace("=", " ", 1)) from None
 
 
 def _load(args):
     import torch
 
-    from .checks import check_arguments
+    from .checks import check_arguments, rules_of
+    from .decoding.options import DecodingOptions
     from .checkpoint import load
-    check_arguments(args)  # every option in its range, before loading (mmseq/checks.py)
+    check_arguments(args, rules_of(DecodingOptions))  # every option in its range, before loading
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load(args.checkpoint, device, getattr(args, "compute_type", "float32"))
     if getattr(args, "prompt_tuning", None):
@@ -103,17 +113,72 @@ def command_eval(args) -> int:
 
 
 def _decode_files(args) -> int:
-    if getattr(args, "timestamps", None):  # word times: JSON lines, SRT or VTT (mmseq/timestamps.py)
-        from .inference.timestamps import write_timed
+    """``mmseq transcribe | caption | translate``: expand the inputs, decode, write, summarise.
+    Exit status 1 when any input failed (each failure is a line of the output with its error and
+    a one-line message on stderr)."""
+    from .decoding.lm import with_lm
+    from .inference.run import run_job
+    from .inference.sources import Inputs
+
+    task, timestamps = args.batch_task, getattr(args, "timestamps", None)
+    options = _options(args)  # before the output is opened: a bad setting leaves no file behind
+    inputs = Inputs(args.inputs, task, sys.stdin)
+    writer = _writer(args, task)
+    try:
         model = _load(args)
-        route = model.route(args.task, "asr")
-        from .decoding.lm import with_lm
-        options = with_lm(_options(args), model)
-        options.pop("previous_text", None)  # timed windows are decoded together (mmseq/timestamps.py)
-        return write_timed(model, args.inputs, args.timestamps, args.batch_size, prompt=args.prompt, task=route.name,
-                           **options)
-    from .inference.batch import command
-    return command(args, _load, _options(args), args.batch_task)
+        name = model.route(args.task, task).name  # --task, or the model's only route of this command's kind
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        summary = run_job(model, inputs, _with_subtitles(writer, args), task=name, batch_size=args.batch_size,
+                          skip=writer.done, progress=progress, nbest=args.nbest, prompt=args.prompt,
+                          timestamps="auto" if timestamps else None, **with_lm(options, model))
+    finally:
+        writer.close()
+    print(summary.line(args.output), file=sys.stderr)
+    if getattr(args, "attention", None):
+        _plot_attention(model, inputs, args, name)
+    return 1 if summary.failed else 0
+
+
+def _writer(args, task: str):
+    """Where results go: ``--output FILE`` (opened now, so an unwritable one fails before any
+    work), else the terminal."""
+    from .inference.sources import MANIFEST_SUFFIXES
+    from .inference.writers import OutputError, ResultWriter, TerminalWriter
+
+    if args.resume and not args.output:
+        raise OutputError("--resume needs --output FILE")
+    if args.nbest is not None and args.nbest < 1:
+        raise OutputError(f"--nbest must be at least 1, got {args.nbest}")
+    timestamps = getattr(args, "timestamps", None)
+    if args.output:
+        return ResultWriter(args.output, args.nbest, paths=task != "text", resume=args.resume,
+                            segments=timestamps is not None)
+    plain_file = len(args.inputs) == 1 and args.inputs[0] != "-" and os.path.isfile(args.inputs[0]) \
+        and not args.inputs[0].lower().endswith(MANIFEST_SUFFIXES)
+    return TerminalWriter(bare=task == "text" or plain_file, lines=task == "text", ordered=args.ordered,
+                          nbest=args.nbest, timestamps=timestamps)
+
+
+def _with_subtitles(writer, args):
+    """``--timestamps srt|vtt --output FILE``: each input's subtitles are written beside it
+    (``talk.wav`` -> ``talk.srt``) before its line goes to FILE, so a resumed job redoes both."""
+    if not args.output or getattr(args, "timestamps", None) not in ("srt", "vtt"):
+        return writer.write if args.output else writer
+    from .inference.writers import write_subtitles
+
+    def write(item, result):
+        if result.error is None:
+            write_subtitles(item.source, result, args.timestamps)
+        writer.write(item, result)
+    return write
+
+
+def _plot_attention(model, inputs, args, task: str) -> None:
+    from .plots import plot_attention
+    first = next(iter(inputs), None)
+    if first is not None and first.error is None:
+        plot_attention(model, first.source, args.attention, prompt=args.prompt, task=task)
+        print(f"attention plot: {args.attention}", file=sys.stderr)
 
 
 def command_average(args) -> int:
@@ -151,7 +216,7 @@ def command_export(args) -> int:
 def command_ngram(args) -> int:
     import time
 
-    from .decoding.ngram import build
+    from .decoding.lm import build
     start = time.perf_counter()
     sizes = build(args.checkpoint, args.texts, args.out, args.order, args.prune, args.arpa)
     print(f"wrote {args.out} ({', '.join(f'{v} {k}' for k, v in sizes.items())}) in {time.perf_counter() - start:.0f} s"
@@ -174,13 +239,29 @@ def command_import(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmseq", description="Multimodal sequence-to-sequence learning.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands)
+    _add_eval(commands)
+    for name, noun, task in (("transcribe", "audio", "asr"), ("caption", "image", "caption"),
+                             ("translate", "text", "text")):
+        _add_batch_command(commands, name, noun, task)
+    _add_average(commands)
+    _add_export(commands)
+    _add_ngram(commands)
+    _add_import(commands)
+    p = commands.add_parser("encoders", help="list the registered encoders, built-in and from plugins")
+    p.set_defaults(run=command_encoders)
+    return parser
 
+
+def _add_train(commands) -> None:
     p = commands.add_parser("train", help="train any task from a YAML config")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as trainer.max_epochs=3")
     p.add_argument("--nproc", type=int, default=0, help="processes on this machine (DDP through torchrun)")
     p.set_defaults(run=command_train)
 
+
+def _add_eval(commands) -> None:
     p = commands.add_parser("eval", help="decode a manifest and score it with the task's metrics")
     p.add_argument("checkpoint")
     p.add_argument("manifest")
@@ -189,39 +270,54 @@ def build_parser() -> argparse.ArgumentParser:
     _decoding_arguments(p)
     p.set_defaults(run=command_eval)
 
-    from .inference.batch import add_arguments as add_batch_arguments
-    for name, noun, task in (("transcribe", "audio", "asr"), ("caption", "image", "caption"),
-                             ("translate", "text", "text")):
-        p = commands.add_parser(name, help=f"one {'transcript' if name == 'transcribe' else 'caption'} per {noun} "
-                                           f"file" if task != "text" else "one output line per input line")
-        p.add_argument("checkpoint")
-        p.add_argument("inputs", nargs="+", metavar="TEXT-FILE" if task == "text" else noun.upper(),
-                       help="files, folders, globs, .jsonl manifests, or - for standard input"
-                            + (" (text lines)" if task == "text" else " (one path a line)"))
-        add_batch_arguments(p, task)
-        p.set_defaults(batch_task=task)
-        p.add_argument("--attention", metavar="PNG", help="draw the decoder's cross-attention for the first input")
-        p.add_argument("--ordered", action="store_true", help="print results in input order at the end")
-        if name == "transcribe":
-            p.add_argument("--window", type=float, default=30.0,
-                           help="longer audio is split into windows of at most this many seconds (default 30)")
-            p.add_argument("--split", choices=["energy", "ctc"], default="energy",
-                           help="where long audio is split: pauses by energy or by CTC blanks (default energy)")
-            p.add_argument("--segment-pause", type=float, metavar="SECONDS",
-                           help="long audio: also end a window at every pause this long (one sentence per "
-                                "window, for models trained on single sentences)")
-            p.add_argument("--timestamps", choices=["json", "srt", "vtt"],
-                           help="word and segment times: one JSON line per input, or SRT / WebVTT subtitles "
-                                "(to stdout for one input, beside each input for several)")
-            p.add_argument("--previous-text", action="store_true",
-                           help="long audio: give each window the text of the window before as its context "
-                                "(models trained with contexts)")
-            p.add_argument("--silence", type=float, nargs=2, metavar=("BEFORE", "AFTER"),
-                           help="long audio: seconds of silence kept before and after each window's sound, "
-                                "as in the model's training utterances (default 0.1 0.1)")
-        _decoding_arguments(p)
-        p.set_defaults(run=_decode_files)
 
+def _add_batch_command(commands, name: str, noun: str, task: str) -> None:
+    """``transcribe``, ``caption`` or ``translate``: many inputs in, one result each out."""
+    p = commands.add_parser(name, help=f"one {'transcript' if name == 'transcribe' else 'caption'} per {noun} "
+                                       f"file" if task != "text" else "one output line per input line")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", metavar="TEXT-FILE" if task == "text" else noun.upper(),
+                   help="files, folders, globs, .jsonl manifests, or - for standard input"
+                        + (" (text lines)" if task == "text" else " (one path a line)"))
+    noun = "text lines" if task == "text" else "results"
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help=f"write {noun} to FILE as they come: .jsonl, .csv or .tsv (default: print them)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --output FILE: skip inputs already there (failed ones are tried again)")
+    p.add_argument("--nbest", type=int, metavar="N", help="also write the N best hypotheses with their scores")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--attention", metavar="PNG", help="draw the decoder's cross-attention for the first input")
+    p.add_argument("--ordered", action="store_true", help="print results in input order at the end")
+    p.set_defaults(batch_task=task, run=_decode_files)
+    if name == "transcribe":
+        _long_audio_arguments(p)
+    _decoding_arguments(p)
+
+
+def _long_audio_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window", type=float, default=30.0,
+                   help="longer audio is split into windows of at most this many seconds (default 30, at least 0.1)")
+    p.add_argument("--split", choices=["energy", "ctc"], default="energy",
+                   help="where long audio is split: pauses by energy or by CTC blanks (default energy)")
+    p.add_argument("--segment-pause", type=float, metavar="SECONDS",
+                   help="long audio: also end a window at every pause this long (one sentence per "
+                        "window, for models trained on single sentences)")
+    p.add_argument("--timestamps", choices=["json", "srt", "vtt"],
+                   help="word and segment times. Without --output: one JSON line per input on stdout, or SRT / "
+                        "WebVTT subtitles (on stdout for one audio file; else written beside each input, "
+                        "talk.wav -> talk.srt). With --output FILE: each line of FILE also carries the input's "
+                        "segments and their words, and srt / vtt subtitles are written beside each input; "
+                        "--resume skips the inputs already in FILE")
+    p.add_argument("--previous-text", action="store_true",
+                   help="long audio: give each window the text of the window before as its context "
+                        "(models trained with contexts)")
+    p.add_argument("--silence", type=float, nargs=2, metavar=("BEFORE", "AFTER"),
+                   help="long audio: seconds of silence kept before and after each window's sound, "
+                        "as in the model's training utterances (default 0.1 0.1)")
+
+
+def _add_average(commands) -> None:
     p = commands.add_parser("average", help="average the weights of checkpoints (the last or best N of a run)")
     p.add_argument("checkpoints", nargs="+", help="checkpoint folders, or one training output folder with --last/--best")
     p.add_argument("--out", required=True, help="folder for the averaged checkpoint")
@@ -230,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--best", type=int, help="average the run's N best checkpoints by validation metric")
     p.set_defaults(run=command_average)
 
+
+def _add_export(commands) -> None:
     p = commands.add_parser("export", help="write a checkpoint as ONNX graphs (encoder, decoder step with its cache), "
                                            "or an imported Whisper as a transformers folder")
     p.add_argument("checkpoint")
@@ -240,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="the task to export, for a model that serves several")
     p.set_defaults(run=command_export)
 
+
+def _add_ngram(commands) -> None:
     p = commands.add_parser("ngram", help="count a token n-gram language model (for --lm) with a checkpoint's tokenizer")
     p.add_argument("checkpoint", help="the checkpoint whose tokenizer the model counts")
     p.add_argument("texts", nargs="+", help="text files (a sentence a line) or .jsonl manifests (each line's text)")
@@ -250,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arpa", help="also write the model as an ARPA file (KenLM, SRILM)")
     p.set_defaults(run=command_ngram)
 
+
+def _add_import(commands) -> None:
     p = commands.add_parser("import", help="turn a pretrained model of the field into an mmseq checkpoint folder")
     p.add_argument("kind", choices=["whisper"], help="what the model is")
     p.add_argument("source", help="a CTranslate2 folder (faster-whisper's), an openai-whisper .pt file, or a "
@@ -265,10 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what follows the audio in a window: the log-mel of silence (openai-whisper, transformers; "
                         "default) or zero features (faster-whisper: its outputs, token for token)")
     p.set_defaults(run=command_import)
-
-    p = commands.add_parser("encoders", help="list the registered encoders, built-in and from plugins")
-    p.set_defaults(run=command_encoders)
-    return parser
 
 
 def _options_first(argv: list[str]) -> list[str]:

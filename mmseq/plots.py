@@ -67,28 +67,6 @@ def attention_of(model, source, prompt=None, task: str | None = None, **options)
             "frame_rate": getattr(route.encoder, "frame_rate", None)}
 
 
-def word_groups(tokenizer, tokens: list[int]) -> list[tuple[str, list[int]]]:
-    """The words of a token sequence, each with the positions of its tokens.
-
-    A token belongs to the word that its text ends in; tokens that are only whitespace (a
-    character tokenizer's spaces) belong to no word.
-
-    >>> from mmseq.tokenizer import CharTokenizer
-    >>> tokenizer = CharTokenizer(list("a red"))
-    >>> word_groups(tokenizer, tokenizer.encode("a red"))
-    [('a', [0]), ('red', [2, 3, 4])]
-    """
-    words = tokenizer.decode(tokens).split()
-    groups = [(word, []) for word in words]
-    for position in range(len(tokens)):
-        if not tokenizer.decode(tokens[position:position + 1]).strip():
-            continue
-        index = len(tokenizer.decode(tokens[: position + 1]).split()) - 1
-        if 0 <= index < len(groups):
-            groups[index][1].append(position)
-    return [(word, positions) for word, positions in groups if positions]
-
-
 def plot_attention(model, source, out_png: str | Path, prompt=None, columns: int = 5, **options) -> str:
     """Draw where the decoder looks while it writes its output for one input; returns the output.
 
@@ -133,6 +111,7 @@ def _image_attention_figure(plt, model, source, found: dict, columns: int):
     import numpy as np
 
     from .data.images import load_image
+    from .inference.timestamps import word_groups
 
     image = np.asarray(load_image(source))
     height, width = image.shape[:2]

@@ -2,6 +2,7 @@
 and stdin; results in JSONL, CSV and TSV read back; resume after a kill; failures and the summary."""
 
 import mmseq
+import csv
 import io
 import json
 import subprocess
@@ -15,7 +16,9 @@ from PIL import Image
 
 from caption_helpers import COLORS, make_caption_model, word_tokenizer
 from conftest import SAMPLE_RATE, TINY_DECODER, TINY_ENCODER, sentences, tone
-from mmseq.inference.batch import Inputs, OutputError, ResultWriter, columns, read_results, run_batch
+from mmseq.inference.run import run_job
+from mmseq.inference.sources import Inputs
+from mmseq.inference.writers import OutputError, ResultWriter, columns
 from mmseq.cli import main
 
 
@@ -41,6 +44,14 @@ def caption_job(tmp_path_factory):
     files = sorted(str(images / name) for name in names)
     expected = dict(zip(files, model.caption(files)))
     return root / "ckpt", images, expected
+
+
+def read_results(path) -> list[dict]:
+    """The rows of a results file (JSONL, CSV or TSV) as dicts."""
+    with open(path, encoding="utf-8", newline="") as lines:
+        if path.suffix in (".jsonl", ".json"):
+            return [json.loads(line) for line in lines if line.strip()]
+        return list(csv.DictReader(lines, delimiter="\t" if path.suffix == ".tsv" else ","))
 
 
 def ids_of(rows):
@@ -233,8 +244,8 @@ def test_the_progress_bar_counts_all_inputs(caption_job, capsys):
     checkpoint, images, expected = caption_job
     from mmseq.checkpoint import load
     written = []
-    summary = run_batch(load(checkpoint, "cpu"), Inputs([str(images)], "caption"),
-                        lambda *result: written.append(result), progress=True)
+    summary = run_job(load(checkpoint, "cpu"), Inputs([str(images)], "caption"),
+                      lambda *result: written.append(result), progress=True)
     err = capsys.readouterr().err
     assert f"{len(expected)}/{len(expected)}" in err and "input" in err
     assert (summary.done, summary.failed) == (len(expected), 0)

@@ -16,7 +16,7 @@ import pytest
 
 from mmseq import cli
 from mmseq.errors import InputError
-from mmseq.inference.run import iter_decode
+from mmseq.inference.run import iter_results
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_load.py"
 FILES = 1000
@@ -67,7 +67,7 @@ def test_streaming_holds_at_most_one_chunk_of_inputs(kind, work, monkeypatch):
 
     monkeypatch.setattr(model.route().task, "load_input", counting_load)
     answered, held, errors = set(), 0, 0
-    for index, result in iter_decode(model, files, batch_size=32, chunk_size=100):
+    for index, result in ((r.index, r.error or r.text) for r in iter_results(model, files, batch_size=32, chunk_size=100)):
         assert index not in answered
         answered.add(index)
         errors += isinstance(result, InputError)

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from conftest import make_model, sentences
-from mmseq.inference.run import decode_long
 from mmseq.inference.longform import (LongformOptions, Window, energy_pauses, join_texts, merge_overlap,
                             split_audio)
 
@@ -148,7 +147,8 @@ def test_model_decodes_long_and_short_recordings_in_order(char_tokenizer):
     texts = model.transcribe([long_wave, short_wave, long_wave], window=3.0, batch_size=64, beam_size=1, max_length=5)
     assert len(texts) == 3 and texts[0] == texts[2]
     assert sum(calls) == 2 * len(windows) + 1 and len(calls) <= 2  # all windows in one batch per prompt
-    joined = decode_long(model, [long_wave], LongformOptions(window=3.0), batch_size=64, beam_size=1, max_length=5)
+    joined = model.transcribe([long_wave], longform=LongformOptions(window=3.0), batch_size=64, beam_size=1,
+                              max_length=5)
     assert joined == [texts[0]]
 
 
@@ -212,3 +212,25 @@ def test_ctc_split_needs_a_ctc_head(char_tokenizer):
     model = make_model(char_tokenizer, ctc_weight=0.0)
     with pytest.raises(ConfigError, match="CTC head"):
         split_audio(torch.randn(RATE * 40), RATE, LongformOptions(split="ctc"), model)
+
+
+def test_a_window_too_short_to_cut_is_a_one_line_error(char_tokenizer, tmp_path, capsys):
+    """``--window 1e-9`` ended in an IndexError deep in the planning of windows; now the setting
+    is refused where it enters: the dataclass, the Python API and the command line."""
+    import soundfile
+
+    import mmseq
+    from mmseq.cli import main
+    from mmseq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="window=1e-09"):
+        LongformOptions(window=1e-9)
+    model = make_model(char_tokenizer)
+    waveform, _ = recording(sentences(2, seed=1))
+    with pytest.raises(ConfigError, match="window"):
+        model.transcribe([waveform], window=1e-9)
+    folder = mmseq.save(model, tmp_path / "ckpt")
+    soundfile.write(tmp_path / "a.wav", waveform.numpy(), RATE)
+    assert main(["transcribe", str(folder), str(tmp_path / "a.wav"), "--window", "1e-9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmseq: error: --window 1e-09: must be")

@@ -9,7 +9,8 @@ from caption_helpers import IMAGE_SIZE, make_caption_model, word_tokenizer, writ
 from conftest import SAMPLE_RATE, tone
 from PIL import Image
 
-from mmseq.plots import attention_of, plot_attention, plot_curves, word_groups
+from mmseq.inference.timestamps import word_groups
+from mmseq.plots import attention_of, plot_attention, plot_curves
 from mmseq.tokenizer import CharTokenizer
 
 

@@ -11,8 +11,8 @@ import torch
 
 from conftest import make_model
 from mmseq.inference.longform import LongformOptions
-from mmseq.inference.timestamps import (Segment, TimedTranscript, Word, ctc_words, dtw, render, segments_of,
-                              timed_transcripts, to_srt, to_vtt)
+from mmseq.inference.timestamps import Segment, TimedTranscript, Word, ctc_words, dtw, segments_of
+from mmseq.inference.writers import render, to_srt, to_vtt
 from mmseq.tokenizer import CharTokenizer
 
 
@@ -84,7 +84,7 @@ def test_long_audio_keeps_absolute_times(char_tokenizer, method):
     long = torch.cat([torch.zeros(20 * rate), burst, torch.zeros(rate), burst, torch.zeros(rate)])
     options = dict(beam_size=1, max_length=8, ctc_weight=0.0, length_penalty=0.0)
     windows = LongformOptions(window=3.0, min_pause=0.3, segment_pause=0.5)  # one window per tone
-    [timed] = timed_transcripts(model, [long], method=method, longform=windows, **options)
+    [timed] = model.transcribe([long], timestamps=True, method=method, longform=windows, **options)
     assert timed.words and timed.text == " ".join(w.text for w in timed.words)
     # Both windows hold a tone (plus 0.1 s of silence each side): every word lies within one.
     tones = [(20.0 - 0.1, 20.6 + 0.1), (21.6 - 0.1, 22.2 + 0.1)]
@@ -115,6 +115,55 @@ def test_transcribe_timestamps_command_and_api(trained, tmp_path, capsys):
     assert len(cues) == len(timed[0].segments) and [c[3] for c in cues] == [s.text for s in timed[0].segments]
     assert main(["transcribe", str(out / "best"), str(files[0]), "--timestamps", "vtt", "--beam-size", "1"]) == 0
     assert capsys.readouterr().out.startswith("WEBVTT\n\n")
+
+
+def test_timestamps_srt_over_a_folder_with_output_and_resume(char_tokenizer, tmp_path, capsys):
+    """``--timestamps srt --output FILE`` over a folder: each line of FILE carries its input's text
+    and segments (those of ``model.transcribe(timestamps=True)``), each input gets its .srt beside
+    it, and ``--resume`` after a kill does only the inputs missing from FILE."""
+    from pathlib import Path
+
+    import soundfile
+
+    import mmseq
+    from mmseq.cli import main
+
+    model = make_model(char_tokenizer, seed=1)
+    model.decoding.max_length = 8  # a random model never ends: keep its texts short
+    checkpoint = mmseq.save(model, tmp_path / "ckpt")
+    rate = model.encoder.sample_rate
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for k in range(3):
+        t = torch.arange(int((0.4 + 0.2 * k) * rate)) / rate
+        burst = 0.5 * torch.sin(2 * math.pi * (300 + 100 * k) * t)
+        soundfile.write(folder / f"a{k}.wav", torch.cat([torch.zeros(rate // 2), burst, torch.zeros(rate // 2)]).numpy(),
+                        rate)
+    files = sorted(str(p) for p in folder.glob("*.wav"))
+    options = dict(beam_size=1, ctc_weight=0.0, length_penalty=0.0)
+    timed = model.transcribe(files, timestamps=True, **options)
+    assert all(t.words for t in timed)
+    results = tmp_path / "t.jsonl"
+    command = ["transcribe", str(checkpoint), str(folder), "--timestamps", "srt", "--output", str(results),
+               "--beam-size", "1", "--ctc-weight", "0", "--length-penalty", "0"]
+    assert main(command) == 0
+    assert capsys.readouterr().out == ""  # results and subtitles went to files
+
+    def check():
+        rows = [json.loads(line) for line in results.read_text().splitlines()]
+        assert [row["id"] for row in rows] == files  # each input once, in input order
+        for row, transcript in zip(rows, timed):
+            assert row["text"] == transcript.text and row["segments"] == transcript.to_dict()["segments"]
+            srt = Path(row["id"]).with_suffix(".srt").read_text(encoding="utf-8")
+            assert srt == to_srt(transcript.segments) and srt.startswith("1\n00:00:0")
+
+    check()
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # a kill while writing the second line
+    Path(files[1]).with_suffix(".srt").unlink()
+    assert main(command + ["--resume"]) == 0
+    assert f"{len(files) - 1} done, 0 failed, 1 skipped" in capsys.readouterr().err
+    check()
 
 
 def test_energy_refinement_moves_boundaries_to_the_sound_and_not_past_a_neighbour():

@@ -377,7 +377,6 @@ def test_base_long_audio_in_windows():
     ``<|startofprev|>`` segment), at the word error rate of the clips (5 to 6 % measured on 82 s)."""
     import soundfile
 
-    from mmseq.inference.run import decode_long
     from mmseq.metrics import speech_metrics
 
     model = base_or_skip()
@@ -392,7 +391,7 @@ def test_base_long_audio_in_windows():
     windows = split_audio(audio, RATE, LongformOptions(window=60.0), model)
     assert len(windows) == 2 and all(w.end - w.start <= 30 * RATE for w in windows)
     texts = {"plain": model.transcribe([audio])[0], "previous text": model.transcribe([audio], previous_text=True)[0],
-             "window 60": decode_long(model, [audio], LongformOptions(window=60.0))[0]}
+             "window 60": model.transcribe([audio], longform=LongformOptions(window=60.0))[0]}
     rates = {name: speech_metrics([reference], [text])["wer"] for name, text in texts.items()}  # percent
     assert max(rates.values()) < 10, rates
 

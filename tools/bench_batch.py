@@ -167,7 +167,7 @@ def expansion_peak(folder: Path, count: int) -> tuple[int, float]:
     """``(inputs seen, tracemalloc peak in KiB)`` of counting and then streaming ``folder``'s files."""
     import tracemalloc
 
-    from mmseq.inference.batch import Inputs
+    from mmseq.inference.sources import Inputs
 
     for i in range(count):
         path = folder / f"part{i // 250:03d}" / f"img{i:05d}.png"

@@ -38,7 +38,7 @@ import torchaudio.functional as AF
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmseq  # noqa: E402
 from mmseq.inference.longform import LongformOptions  # noqa: E402
-from mmseq.inference.timestamps import timed_transcripts, to_srt  # noqa: E402
+from mmseq.inference.writers import to_srt  # noqa: E402
 
 
 def spoken_word(word: str, rate: int, cache: dict, voice: str) -> np.ndarray:
@@ -111,7 +111,7 @@ def oracle_words(model, wave, truth, method: str, rate: int, refine: bool = True
     """Alignment alone, recognition left out: each phrase's own text (not the model's hypothesis)
     aligned to its window (the phrase with 0.2 s of silence each side), times shifted by the window's
     start, by the same :func:`mmseq.inference.timestamps.align` that ``timestamps=True`` uses."""
-    from mmseq.decoding.search import Hypothesis
+    from mmseq.decoding.options import Hypothesis
     from mmseq.inference.timestamps import Word, align
 
     task = model.route(task, "asr").task
@@ -169,8 +169,8 @@ def main() -> None:
         for refine in (False, True):
             starts, ends, found, total = [], [], 0, 0
             clock, cpu = time.perf_counter(), time.process_time()
-            timed = timed_transcripts(model, [w for w, _ in recordings], method=method, beam_size=args.beam_size,
-                                      ctc_weight=args.ctc_weight, longform=windows, refine=refine, task=args.task)
+            timed = model.transcribe([w for w, _ in recordings], timestamps=True, method=method, beam_size=args.beam_size,
+                                     ctc_weight=args.ctc_weight, longform=windows, refine=refine, task=args.task)
             wall, cpu = time.perf_counter() - clock, time.process_time() - cpu
             for (_, truth), result in zip(recordings, timed):
                 pairs = matched(truth, result.words)
@@ -197,8 +197,8 @@ def main() -> None:
         if args.noise_db is not None:
             wave = noisy(wave, args.noise_db, args.seed + 99)
         soundfile.write(args.out / "long.wav", wave.numpy(), rate)
-        [result] = timed_transcripts(model, [wave], method="auto", beam_size=args.beam_size, ctc_weight=args.ctc_weight,
-                                     longform=windows, task=args.task)
+        [result] = model.transcribe([wave], timestamps=True, beam_size=args.beam_size, ctc_weight=args.ctc_weight,
+                                    longform=windows, task=args.task)
         (args.out / "long.srt").write_text(to_srt(result.segments), encoding="utf-8")
         (args.out / "long.truth.tsv").write_text("".join(f"{w}\t{s:.3f}\t{e:.3f}\n" for w, s, e, _ in truth))
         truth_of = {id(w): t for t, w in matched(truth, result.words)}

@@ -5,7 +5,6 @@ length-sorted batches and return their texts in input order."""
 from __future__ import annotations
 
 from .run import decode_sources
-from .timestamps import timed_transcripts
 
 
 def _run(model, sources, batch_size: int, kind: str, task: str | None = None, **options) -> list:
@@ -17,15 +16,14 @@ def _run(model, sources, batch_size: int, kind: str, task: str | None = None, **
 
 
 def transcribe(model, audio, batch_size: int = 16, task: str | None = None, timestamps: bool = False,
-               **options) -> list:
+               method: str = "auto", **options) -> list:
     """Transcripts of audio files, waveforms (at the encoder's sample rate) or both; ``task``
     picks the route of a model with several speech routes. With ``timestamps=True``:
     :class:`mmseq.inference.timestamps.TimedTranscript` objects (``.text``, ``.segments``, ``.words``
-    with start and end seconds and a confidence); see
-    :func:`mmseq.inference.timestamps.timed_transcripts` for its options (``method``, ``longform``)."""
-    if timestamps:
-        return timed_transcripts(model, audio, batch_size, task=model.route(task, "asr").name, **options)
-    return _run(model, audio, batch_size, "asr", task, **options)
+    with start and end seconds and a confidence), the words placed by ``method`` ("auto", "ctc"
+    or "attention"; ``refine=False`` keeps the model's own boundaries). Long audio: ``window``,
+    ``longform`` (see :func:`mmseq.inference.run.iter_results`)."""
+    return _run(model, audio, batch_size, "asr", task, timestamps=method if timestamps else None, **options)
 
 
 def caption(model, images, batch_size: int = 16, task: str | None = None, **options) -> list[str]:

@@ -10,17 +10,22 @@ starts ``overlap`` seconds earlier; the words the two texts share in that overla
 kept once.
 
 The pieces here are pure functions of the waveform (and of per-window texts), so the splitting and
-joining can be tested without a model; :func:`mmseq.inference.run.decode_long` puts them around a model's batched
-decoding.
+joining can be tested without a model; the run loop (:mod:`mmseq.inference.run`) puts them around a
+model's batched decoding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import math
+
 import torch
 
+from ..errors import ConfigError
+
 HOP_SECONDS = 0.01  # analysis frame hop: cut points are placed to 10 ms
+MIN_WINDOW = 0.1  # shortest window (s): ten analysis frames, room for a cut, shorter than any word
 
 
 @dataclass
@@ -34,6 +39,11 @@ class LongformOptions:
     #   for models trained on single sentences (None: windows as long as allowed)
     silence_before: float = 0.1  # silence (s) kept before the sound of a window (at most half the pause)
     silence_after: float = 0.1  # and after it: match the utterances the model was trained on
+
+    def __post_init__(self):
+        # A window of less than a few analysis frames has nowhere to cut (it ended in an IndexError).
+        if not (isinstance(self.window, (int, float)) and math.isfinite(self.window) and self.window >= MIN_WINDOW):
+            raise ConfigError(f"window={self.window!r}: must be a number of seconds, at least {MIN_WINDOW}")
 
 
 def fit_window(options: LongformOptions, encoder) -> LongformOptions:
@@ -89,7 +99,6 @@ def ctc_pauses(model, waveform: torch.Tensor, options: LongformOptions,
     """
     route, tokenizer = model.route(task, "asr"), model.tokenizer
     if route.ctc_head is None:
-        from ..errors import ConfigError
         raise ConfigError(f"split='ctc' needs a CTC head, and task {route.name!r} has none; use split='energy'")
     sample_rate = route.encoder.sample_rate
     piece = int(options.window * sample_rate)
@@ -192,11 +201,9 @@ def split_audio(waveform: torch.Tensor, sample_rate: int, options: LongformOptio
         pauses, cost = energy_pauses(waveform, sample_rate, options)
     elif options.split == "ctc":
         if model is None:
-            from ..errors import ConfigError
             raise ConfigError("split='ctc' needs a model with a CTC head; use split='energy'")
         pauses, cost = ctc_pauses(model, waveform, options, task)
     else:
-        from ..errors import ConfigError
         raise ConfigError(f"unknown long-audio split {options.split!r}: use 'energy' or 'ctc'")
     return plan_windows(len(waveform), pauses, cost, sample_rate, options)
 
@@ -241,11 +248,12 @@ def continuation_prompt(tokenizer, prompt) -> list[int]:
 
 
 def decode_windows(recordings: list, plans: list[list[Window]], prompts: list, later_prompts: list, decode,
-                   contexts: list | None = None, previous_text: bool = False) -> list[str]:
-    """One text per recording, from ``decode(pieces, prompts, contexts) -> texts``: the first window
-    of recording ``i`` with ``prompts[i]``, its later windows with ``later_prompts[i]``, each with
-    the recording's context ``contexts[i]``; then each recording's texts are joined. A recording of
-    one window is passed whole (it may be any input, an image too).
+                   contexts: list | None = None, previous_text: bool = False, join=join_texts) -> list:
+    """One result per recording, from ``decode(pieces, prompts, contexts) -> outputs`` (texts, or
+    records with a ``.text``): the first window of recording ``i`` with ``prompts[i]``, its later
+    windows with ``later_prompts[i]``, each with the recording's context ``contexts[i]``; then
+    ``join(outputs, windows)`` makes each recording's result (default: its texts joined). A
+    recording of one window is passed whole (it may be any input, an image too).
 
     Every window goes to one call, unless ``previous_text``: then the windows are decoded in rounds
     (the k-th window of every recording in round k, batched together), each later window with the
@@ -255,14 +263,20 @@ def decode_windows(recordings: list, plans: list[list[Window]], prompts: list, l
     def piece(i, k):
         return recordings[i] if len(plans[i]) == 1 else recordings[i][plans[i][k].start:plans[i][k].end]
 
-    texts = [[None] * len(plan) for plan in plans]
+    def context(i, j):
+        if not previous_text or j == 0:
+            return contexts[i]
+        before = outputs[i][j - 1]
+        return before if isinstance(before, str) else before.text
+
+    outputs = [[None] * len(plan) for plan in plans]
     rounds = max(map(len, plans), default=0) if previous_text else 1
     for k in range(rounds):
         jobs = [(i, j) for i, plan in enumerate(plans) for j in range(len(plan)) if not previous_text or j == k]
         if not jobs:
             continue
         got = decode([piece(i, j) for i, j in jobs], [prompts[i] if j == 0 else later_prompts[i] for i, j in jobs],
-                     [texts[i][j - 1] if previous_text and j > 0 else contexts[i] for i, j in jobs])
-        for (i, j), text in zip(jobs, got):
-            texts[i][j] = text
-    return [join_texts(texts[i], plan) for i, plan in enumerate(plans)]
+                     [context(i, j) for i, j in jobs])
+        for (i, j), output in zip(jobs, got):
+            outputs[i][j] = output
+    return [join(outputs[i], plan) for i, plan in enumerate(plans)]

@@ -147,7 +147,7 @@ class OnnxModel:
 
     def _filter(self, log_probs: np.ndarray, steps: int, limits: np.ndarray, options: dict, masks) -> np.ndarray:
         eos = self.eos
-        log_probs += masks[1] if steps == 0 else masks[0]  # (mmseq.decoding.search._Suppress)
+        log_probs += masks[1] if steps == 0 else masks[0]  # (mmseq.decoding.filters.Suppress)
         if steps < options["min_length"]:
             log_probs[:, eos] = NEG_INF
         at_limit = steps + 1 >= limits
@@ -247,14 +247,7 @@ class OnnxModel:
             tokens = np.concatenate([tokens[index], new_tokens[:, None]], 1)
             self_kv = self_kv[:, :, index]
 
-            limit = limits[alive]
-            later = (lengths[None] > length) & (lengths[None] <= limit[:, None].astype(np.float32))
-            with np.errstate(invalid="ignore"):
-                reachable = np.where(later, self._score(scores[:, :1], lengths[None], options), NEG_INF).max(1)
-            done = (merged_scores[:, nbest - 1] >= reachable) | (scores[:, 0] == NEG_INF) | (length >= limit)
-            if options["early_stopping"] == "heuristic":
-                done |= (merged_scores[:, -1] > NEG_INF) & (
-                    merged_scores[:, -1] >= self._score(scores[:, 0], length, options))
+            done = self._done(scores, merged_scores, length, limits[alive], lengths, options)
             if done.all():
                 break
             if done.any():
@@ -264,13 +257,27 @@ class OnnxModel:
                 self_kv = self_kv[:, :, rows]
                 cross_kv, memory_mask = cross_kv[:, :, keep_inputs], memory_mask[keep_inputs]
             log_probs, self_kv = self._step(new_tokens[:, None], self_kv, cross_kv, memory_mask)
-        results = []
-        for scores_row, totals_row, tokens_row in zip(pool_scores.tolist(), pool_totals.tolist(),
-                                                      pool_tokens.tolist()):
-            hyps = [OnnxHypothesis(row[: row.index(eos)] if eos in row else row, score, total, prompt)
-                    for score, total, row in zip(scores_row, totals_row, tokens_row) if score > -math.inf]
-            results.append(hyps[:nbest] or [OnnxHypothesis([], -math.inf, -math.inf, prompt)])
-        return results
+        return [self._finished(*rows, prompt, nbest)
+                for rows in zip(pool_scores.tolist(), pool_totals.tolist(), pool_tokens.tolist())]
+
+    def _done(self, scores, pool_scores, length: int, limit, lengths, options) -> np.ndarray:
+        """Which inputs stop: their n-best are finished and no live row can beat them (or, with
+        ``early_stopping="heuristic"``, the pool's worst beats the best live row now), no row is
+        alive, or the length limit is reached; as :func:`mmseq.decoding.search.beam_search`."""
+        later = (lengths[None] > length) & (lengths[None] <= limit[:, None].astype(np.float32))
+        with np.errstate(invalid="ignore"):
+            reachable = np.where(later, self._score(scores[:, :1], lengths[None], options), NEG_INF).max(1)
+        done = (pool_scores[:, options["nbest"] - 1] >= reachable) | (scores[:, 0] == NEG_INF) | (length >= limit)
+        if options["early_stopping"] == "heuristic":
+            done |= (pool_scores[:, -1] > NEG_INF) & (pool_scores[:, -1] >= self._score(scores[:, 0], length, options))
+        return done
+
+    def _finished(self, scores: list, totals: list, rows: list, prompt, nbest: int) -> list[OnnxHypothesis]:
+        """One input's finished pool as its n-best hypotheses (an empty one when none finished)."""
+        eos = self.eos
+        hyps = [OnnxHypothesis(row[: row.index(eos)] if eos in row else row, score, total, prompt)
+                for score, total, row in zip(scores, totals, rows) if score > -math.inf]
+        return hyps[:nbest] or [OnnxHypothesis([], -math.inf, -math.inf, prompt)]
 
     # -- convenience ------------------------------------------------------------------------
     def decode_texts(self, inputs, lengths=None, **options) -> list[str]:

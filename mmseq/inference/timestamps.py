@@ -1,4 +1,6 @@
-"""Word and segment timestamps of transcripts, and SRT / WebVTT / JSON writers.
+"""Word and segment timestamps of transcripts: where the words of a decoded hypothesis lie in its
+audio. (The run loop, :mod:`mmseq.inference.run`, calls :func:`align` on every window it decodes;
+:mod:`mmseq.inference.writers` renders the results as SRT, WebVTT or JSON.)
 
 Two ways to place the words of a chosen hypothesis in time:
 
@@ -20,12 +22,11 @@ last sound. ``refine=True`` (the default) then moves each boundary to where the 
 never past the neighbouring word.
 
 Long recordings are split into windows as :mod:`mmseq.inference.longform` does; every window is decoded
-and aligned on its own and its times are shifted by its start, so times stay absolute.
+and aligned on its own and the run loop shifts its times by its start, so times stay absolute.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import string
 import unicodedata
@@ -35,10 +36,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
-from .longform import (HOP_SECONDS, LongformOptions, Window, continuation_prompt, fit_window, frame_energy,
-                       split_audio)
-from ..plots import word_groups
+from ..errors import ConfigError
+from .longform import HOP_SECONDS, frame_energy
 
 
 @dataclass
@@ -97,6 +96,28 @@ def ctc_words(model, log_probs: torch.Tensor, tokens: list[int], frame_rate: flo
         confidence = float(np.mean([s.score for s in parts]))
         words.append(Word(text, parts[0].start / frame_rate, parts[-1].end / frame_rate, confidence))
     return words
+
+
+def word_groups(tokenizer, tokens: list[int]) -> list[tuple[str, list[int]]]:
+    """The words of a token sequence, each with the positions of its tokens.
+
+    A token belongs to the word that its text ends in; tokens that are only whitespace (a
+    character tokenizer's spaces) belong to no word.
+
+    >>> from mmseq.tokenizer import CharTokenizer
+    >>> tokenizer = CharTokenizer(list("a red"))
+    >>> word_groups(tokenizer, tokenizer.encode("a red"))
+    [('a', [0]), ('red', [2, 3, 4])]
+    """
+    words = tokenizer.decode(tokens).split()
+    groups = [(word, []) for word in words]
+    for position in range(len(tokens)):
+        if not tokenizer.decode(tokens[position:position + 1]).strip():
+            continue
+        index = len(tokenizer.decode(tokens[: position + 1]).split()) - 1
+        if 0 <= index < len(groups):
+            groups[index][1].append(position)
+    return [(word, positions) for word, positions in groups if positions]
 
 
 def alignment_heads(decoder) -> list[tuple[int, int]]:
@@ -295,25 +316,10 @@ def _align(model, piece, hypothesis, method, task, context) -> list[Word]:
                                frames=min(frames, audio))
 
 
-def _decode_pieces(model, task, pieces: list, prompts: list, batch_size: int, **options) -> list:
-    """Best hypothesis of each piece; pieces with the same prompt share batches."""
-    hyps: list = [None] * len(pieces)
-    groups: dict[str, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        groups.setdefault(repr(prompt), []).append(i)
-    for members in groups.values():
-        for begin in range(0, len(members), batch_size):
-            part = members[begin:begin + batch_size]
-            inputs, lengths = task.collate_inputs([pieces[i] for i in part])
-            got = model.generate({"inputs": inputs, "lengths": lengths, "task": task.name}, prompt=prompts[part[0]],
-                                 **options)
-            for i, h in zip(part, got):
-                hyps[i] = h[0]
-    return hyps
-
-
-# -- recordings ------------------------------------------------------------------------------------
-def _method(model, method: str, task) -> str:
+# -- methods and segments ------------------------------------------------------------------------------------
+def check_method(model, method: str, task) -> str:
+    """The alignment method for ``task``'s route: "ctc" or "attention" (``"auto"``: "ctc" when the
+    route has a CTC head)."""
     has_ctc = model.route(task.name).ctc_head is not None
     if method == "auto":
         return "ctc" if has_ctc else "attention"
@@ -339,107 +345,3 @@ def segments_of(words: list[Word], max_pause: float = 0.6, max_seconds: float = 
             last.end = max(last.end, word.end)
             last.words.append(word)
     return segments
-
-
-def timed_transcripts(model, sources, batch_size: int = 16, method: str = "auto", prompt=None,
-                      longform: LongformOptions | None = None, task: str | None = None,
-                      errors: str = "raise", refine: bool = True, **options) -> list:
-    """A :class:`TimedTranscript` per audio source (file or waveform), in input order.
-
-    Every window of a long recording is decoded (in batches of ``batch_size``) and aligned on its
-    own, its words shifted by the window's start; where a window overlaps the one before it (cut
-    inside speech), words that start before the previous window's last word ended are dropped.
-    ``errors="report"`` puts an unreadable input's :class:`InputError` in its place; otherwise one
-    raises after the others were done. ``refine``: word boundaries moved to the sound
-    (:func:`refine_by_energy`). ``options`` go to ``model.generate``.
-    """
-    task_ = model.route(task, "asr").task
-    method = _method(model, method, task_)
-    longform = fit_window(longform or LongformOptions(), task_.encoder)  # no longer than the encoder takes
-    rate = task_.encoder.sample_rate
-    later = continuation_prompt(model.tokenizer, prompt)
-    context = task_.context_ids(options.get("context"))  # one context (str or words) for every window
-    results: list = []
-    for source in sources:
-        try:
-            x = task_.load_input(source)
-        except InputError as error:
-            if errors != "report":
-                raise
-            results.append(error)
-            continue
-        long = len(x) > longform.window * rate
-        plan = split_audio(x, rate, longform, model, task_.name) if long else [Window(0, len(x))]
-        pieces = [x[w.start:w.end] for w in plan]
-        prompts = [prompt] + [later] * (len(pieces) - 1)
-        hyps = _decode_pieces(model, task_, pieces, prompts, batch_size, **options)
-        words: list[Word] = []
-        for window, piece, hyp in zip(plan, pieces, hyps):
-            offset = window.start / rate
-            found = [Word(w.text, round(w.start + offset, 3), round(w.end + offset, 3), round(w.confidence, 4))
-                     for w in align(model, piece, hyp, method, task_, context, refine)]
-            if window.joins_previous == "overlap" and words:
-                found = [w for w in found if w.start >= words[-1].end]
-            words.extend(found)
-        text = " ".join(w.text for w in words) if words else ""
-        results.append(TimedTranscript(text, segments_of(words)))
-    return results
-
-
-# -- writers ---------------------------------------------------------------------------------------
-def _clock(seconds: float, separator: str) -> str:
-    millis = int(round(max(seconds, 0.0) * 1000))
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
-
-
-def to_srt(segments: list[Segment]) -> str:
-    """SubRip: numbered cues ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, a blank line after each."""
-    return "".join(f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n\n"
-                   for i, s in enumerate(segments, 1))
-
-
-def to_vtt(segments: list[Segment]) -> str:
-    """WebVTT: a ``WEBVTT`` header, then cues ``HH:MM:SS.mmm --> HH:MM:SS.mmm``."""
-    return "WEBVTT\n\n" + "".join(f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text}\n\n"
-                                  for s in segments)
-
-
-def to_json(transcript: TimedTranscript, source=None) -> str:
-    """One JSON line: ``{"audio", "text", "segments": [{"text", "start", "end", "words": [...]}]}``."""
-    record = {"audio": str(source)} if source is not None else {}
-    return json.dumps({**record, **transcript.to_dict()}, ensure_ascii=False)
-
-
-WRITERS = {"srt": to_srt, "vtt": to_vtt}
-
-
-def render(transcript: TimedTranscript, fmt: str, source=None) -> str:
-    """``transcript`` as ``fmt``: "json", "srt" or "vtt"."""
-    if fmt == "json":
-        return to_json(transcript, source) + "\n"
-    return WRITERS[fmt](transcript.segments)
-
-
-def write_timed(model, inputs: list[str], fmt: str, batch_size: int = 16, **options) -> int:
-    """``mmseq transcribe --timestamps FMT``: JSON lines on stdout; SRT or VTT on stdout for one
-    input, else written beside each input as ``INPUT.srt`` / ``.vtt`` (paths on stderr). An
-    unreadable input is reported on stderr and the others are still written; returns the exit code."""
-    import sys
-    from pathlib import Path
-
-    results = timed_transcripts(model, inputs, batch_size, errors="report", **options)
-    failures = 0
-    for source, result in zip(inputs, results):
-        if isinstance(result, InputError):
-            print(f"mmseq: error: {result}", file=sys.stderr)
-            failures += 1
-        elif fmt == "json" or len(inputs) == 1:
-            sys.stdout.write(render(result, fmt, source))
-        else:
-            path = Path(source).with_suffix(f".{fmt}")
-            path.write_text(render(result, fmt), encoding="utf-8")
-            print(f"{source}: {path}", file=sys.stderr)
-    return 1 if failures else 0
