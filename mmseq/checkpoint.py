@@ -1,17 +1,16 @@
-"""Checkpoint folders: the one place that knows their files and rules.
+"""Checkpoint folders: reading and writing a model's (:func:`save`, :func:`load`), a prompt-tuned
+model's small folder (a pointer to its base, checked by hash, and the adapters), and the renaming
+of weights saved before the route table.
 
-A checkpoint is a folder: ``config.json`` (all that rebuilds the model), ``model.safetensors``, the
-tokenizer's own files and, in a training run, the trainer's state (``trainer_state.json``,
-``trainer_state.pt`` read with ``weights_only=True``, and ``trainer_weights.safetensors`` when
-``model.safetensors`` holds a moving average). A run's output folder keeps them as
-``checkpoints/step-00001234/``, with ``best`` and ``last`` symlinks beside. Folders are written
-into a temporary folder and swapped into place in one step, so a process killed at any moment
-leaves every checkpoint whole. Reading never unpickles code.
+A checkpoint is a folder: ``config.json`` (all that rebuilds the model), ``model.safetensors`` and
+the tokenizer's own files; a training run adds its state beside them
+(:mod:`mmseq.training.state`). Folders are written into a temporary folder and swapped into place
+in one step, so a process killed at any moment leaves every checkpoint whole. Reading never
+unpickles code: JSON and safetensors only, every tensor checked against the model it fills.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import warnings
@@ -26,15 +25,14 @@ from torch import nn
 
 from . import __version__
 from .adapters import add_lora, add_route, is_adapter
-from .errors import CheckpointError, ConfigError, InputError, TokenizerError, TrainingError
-from .checks import check_checkpoint_config, check_task_encoder, check_weights
+from .errors import CheckpointError, ConfigError, InputError, TokenizerError
+from .checks import check_task_encoder, check_weights
+from .config import check_checkpoint_config
+from .data.files import check_regular, read_regular_file
 from .model import ModelConfig, Seq2Seq
 from .tokenizer import build_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.pt"
-TRAINING_WEIGHTS = "trainer_weights.safetensors"  # the raw weights, when model.safetensors holds the EMA
-CHECKPOINTS = "checkpoints"
 MAX_CONFIG_BYTES = 16 * 2**20
 POINTER_KEYS = ("base", "base_absolute", "base_sha256", "task", "from_task", "vectors", "train")
 
@@ -89,11 +87,10 @@ def _fsync_folder(folder: Path) -> None:
 def read_config(folder: str | os.PathLike) -> dict:
     """A checkpoint folder's ``config.json`` as a dict; :class:`CheckpointError` when the folder is
     no checkpoint (no config, no safetensors weights) or the config is not a JSON object."""
-    from .checks import check_checkpoint_files
-    from .data.files import read_regular_file
-
     folder = Path(folder)
-    check_checkpoint_files(folder)  # a FIFO or device among its files is named, not waited on
+    for name in (CONFIG_FILE, WEIGHTS_FILE, "tokenizer.model", "tokenizer.json", "trainer_weights.safetensors"):
+        if os.path.lexists(Path(folder) / name):  # a FIFO or device among its files is named, not waited on
+            check_regular(Path(folder) / name, "checkpoint file", CheckpointError)
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a checkpoint folder (no {CONFIG_FILE})")
@@ -129,111 +126,6 @@ def write_weights(weights: dict[str, torch.Tensor], path: str | os.PathLike) -> 
     from safetensors.torch import save_file
 
     save_file({k: v.detach().clone().contiguous().cpu() for k, v in weights.items()}, str(path))
-
-
-def read_training_state(folder: Path) -> tuple[dict, dict]:
-    """The trainer's state of a checkpoint: its JSON (data position, counts) and its tensors
-    (optimizer, scheduler, scaler, random states). Raises :class:`CheckpointError` when either is
-    missing, truncated, not what the trainer writes, or refused by ``weights_only`` (a pickle that
-    would run code), so that resume can fall back to the checkpoint before."""
-    path = folder / STATE_JSON
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as error:
-        raise CheckpointError(f"{path}: corrupt training state ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
-    if not isinstance(state, dict) or not all(isinstance(state.get(k), int)
-                                              for k in ("epoch", "batch_in_epoch", "step")):
-        raise CheckpointError(f"{path}: corrupt training state (not the trainer's epoch, batch and step)")
-    path = folder / STATE_TENSORS
-    try:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{path}: corrupt or unsafe training state ({type(error).__name__}: "
-                              f"{first_line})") from None
-    if not isinstance(tensors, dict) or not {"optimizer", "scheduler", "scaler", "rng"} <= tensors.keys():
-        raise CheckpointError(f"{path}: corrupt training state (not the trainer's optimizer, scheduler, "
-                              "scaler and random states)")
-    return state, tensors
-
-
-# -- a run's folder of checkpoints ----------------------------------------------------------------
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints, oldest first (a folder is complete once renamed into place)."""
-    folder = Path(output_dir) / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.name.startswith("step-") and p.name[5:].isdigit()
-             and (p / STATE_JSON).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def step_folder(output_dir: str | os.PathLike, step: int) -> Path:
-    return Path(output_dir) / CHECKPOINTS / f"step-{step:08d}"
-
-
-def rank_best(best: list, metric: float, name: str, higher_is_better: bool, keep: int) -> list:
-    """The ``[[metric, folder name], ...]`` ranking with ``name`` added, best first, ``keep`` long."""
-    best = [item for item in best if item[1] != name] + [[metric, name]]
-    best.sort(key=lambda item: -item[0] if higher_is_better else item[0])
-    return best[:keep]
-
-
-def rotate(output_dir: str | os.PathLike, newest: str, best: list, keep_last: int) -> None:
-    """Delete the run's checkpoints that are neither among the ``keep_last`` newest, nor ``newest``,
-    nor ranked in ``best``; point ``best`` and ``last`` at theirs."""
-    output_dir = Path(output_dir)
-    kept = list_checkpoints(output_dir)
-    keep = {p.name for p in kept[-max(1, keep_last):]} | {newest} | {name for _, name in best}
-    for old in kept:
-        if old.name not in keep:
-            shutil.rmtree(old, ignore_errors=True)
-    if best:
-        point(output_dir / "best", Path(CHECKPOINTS) / best[0][1])
-    point(output_dir / "last", Path(CHECKPOINTS) / newest)
-
-
-def ranked_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """The run's checkpoints as its trainer ranked them by validation metric, best first (those
-    still kept)."""
-    output_dir = Path(output_dir)
-    folders = list_checkpoints(output_dir)
-    if not folders:
-        return []
-    ranked = json.loads((folders[-1] / STATE_JSON).read_text()).get("best", [])
-    return [output_dir / CHECKPOINTS / name for _, name in ranked if (output_dir / CHECKPOINTS / name).is_dir()]
-
-
-def point(link: Path, target: Path) -> None:
-    """Atomically make ``link`` a symlink to ``target``."""
-    tmp = link.with_name(f".{link.name}.tmp")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(target)
-    os.replace(tmp, link)
-
-
-class FolderLock:
-    """One run per output folder: a second one gets a clear message, not a corrupt folder."""
-
-    def __init__(self, output_dir: str | os.PathLike):
-        self.path = Path(output_dir) / ".lock"
-        self.file = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "w")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.release()
-            raise TrainingError(f"{self.path.parent}: another training run is using this output folder") from None
-
-    def release(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
 
 
 # -- a model's folder -----------------------------------------------------------------------
@@ -332,7 +224,7 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None, co
         raise ConfigError(f"{folder / CONFIG_FILE}: describes no model mmseq can build "
                           f"({type(error).__name__}: {_one_line(error)})") from None
     for route in model.routes.values():
-        check_task_encoder(route.kind, route.encoder, f"model.tasks.{route.name}.encoder", str(folder / CONFIG_FILE))
+        check_task_encoder(route.task, route.encoder, f"model.tasks.{route.name}.encoder", str(folder / CONFIG_FILE))
     try:
         weights = read_weights(folder / WEIGHTS_FILE)
         upgrade_weights(model, weights)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import NamedTuple
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 MAX_BEAM = 100  # a beam of 100,000 asked for 7 GB; ESPnet and whisper use 5 to 20
 
@@ -86,8 +86,22 @@ def check_value(value, rule: Rule, key: str, source: str = "") -> None:
         raise ConfigError(f"{where}{key}={value!r}: must be {_range(rule)}")
 
 
-def check_fields(settings, rules: dict[str, Rule], prefix: str, source: str = "") -> None:
-    """Apply ``rules`` to the fields of a dataclass or the keys of a dict (absent keys are skipped)."""
+def setting(default=dataclasses.MISSING, rule: Rule | None = None, *, factory=dataclasses.MISSING):
+    """A dataclass field that carries its allowed range: ``beam_size: int = setting(1, Int(1, 100))``.
+    :func:`check_fields` reads it back (``rules_of``)."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"rule": rule} if rule else {})
+
+
+def rules_of(cls) -> dict[str, Rule]:
+    """``{field: Rule}`` of a dataclass whose fields were declared with :func:`setting`."""
+    return {f.name: f.metadata["rule"] for f in dataclasses.fields(cls) if "rule" in f.metadata}
+
+
+def check_fields(settings, rules: dict[str, Rule] | type, prefix: str, source: str = "") -> None:
+    """Apply ``rules`` (a table, or a dataclass whose fields carry their rules) to the fields of a
+    dataclass or the keys of a dict (absent keys are skipped)."""
+    if isinstance(rules, type):
+        rules = rules_of(rules)
     values = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings
     for name, rule in rules.items():
         if name in values:
@@ -95,102 +109,25 @@ def check_fields(settings, rules: dict[str, Rule], prefix: str, source: str = ""
 
 
 # -- the tables -------------------------------------------------------------------------------
-DECODING = {
-    "beam_size": Int(1, MAX_BEAM), "max_length": Int(1, 100_000), "max_length_ratio": Float(0, 1000, True, True),
-    "min_length": Int(0, 100_000), "length_penalty": Float(0, 10), "length_bonus": Float(-100, 100),
-    "nbest": Int(1, MAX_BEAM), "early_stopping": Choice("heuristic", "exact"), "ctc_weight": Float(0, 1),
-    "ctc_candidates": Float(1, 100), "lm_weight": Float(0, 10), "no_repeat_ngram": Int(0, 100),
-    "temperature": Float(0, 100, True), "top_k": Int(0, 10_000_000),
-}
-TRAINER = {
-    "max_epochs": Int(1, 1_000_000), "max_steps": Int(1, None, optional=True), "lr": Float(0, 10, True),
-    "weight_decay": Float(0, 10), "warmup_steps": Int(0), "schedule": Choice("cosine", "noam", "constant"),
-    "min_lr_ratio": Float(0, 1), "grad_clip": Float(0, None, True), "accumulate": Int(1, 1_000_000),
-    "precision": Choice("auto", "fp32", "bf16", "fp16"), "seed": Int(0, 2**63 - 1), "compile": BOOL,
-    "keep_best": Int(0, 1_000_000), "keep_last": Int(1, 1_000_000), "val_beam_size": Int(1, MAX_BEAM),
-    "checkpoint_every": Int(0), "log_every": Int(1), "nonfinite_limit": Int(1), "ema": Float(0, 1),
-    "activation_checkpointing": BOOL, "fsdp": BOOL, "encoder_lr_scale": Float(0, 100),
-}
-DATA = {
-    "batch_size": Float(0, None, True), "max_batch_examples": Int(1, None, optional=True),
-    "num_workers": Int(0, 1024), "max_bad_examples": Int(0),
-}
-TOKENIZER = {"type": Choice("char", "sentencepiece"), "vocab_size": Int(2, 10_000_000),
-             "model_type": Choice("unigram", "bpe")}
-MODEL = {"ctc_weight": Float(0, 1), "label_smoothing": Float(0, 1)}
-PROMPT_TUNING = {"vectors": Int(1, 4096), "train": Choice("prompt", "all"), "deep": BOOL, "lora": Int(0, 4096)}
-LAYERS = {  # shared by the decoder and the encoders that have these settings
+# The layer sizes of the decoder and of every encoder (built in or from a plugin) that has these
+# settings: encoders take their settings as keyword arguments, so their ranges are one table here.
+LAYERS = {
     "dim": Int(1, 65_536), "layers": Int(0, 1000), "heads": Int(1, 1024), "ffn_dim": Int(1, 1_000_000),
     "dropout": Float(0, 1), "max_length": Int(1, 1_000_000), "sample_rate": Int(1000, 768_000),
     "n_mels": Int(1, 1024), "n_fft": Int(2, 1 << 20), "hop_length": Int(1, 1 << 20),
 }
 
 
-def check_decoding(options, prefix: str = "decoding", source: str = "") -> None:
-    """The ranges of :class:`mmseq.decoding.search.DecodingOptions` (a dataclass or a dict of its fields)."""
-    check_fields(options, DECODING, prefix, source)
-    values = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options
-    if "nbest" in values and "beam_size" in values and values["nbest"] > values["beam_size"]:
-        raise ConfigError(f"{source + ': ' if source else ''}{prefix}.nbest={values['nbest']}: must be at most "
-                          f"beam_size ({values['beam_size']})")
-    endings = values.get("bad_endings", [])
-    if not isinstance(endings, list) or not all(isinstance(e, (int, str)) and not isinstance(e, bool) for e in endings):
-        raise ConfigError(f"{source + ': ' if source else ''}{prefix}.bad_endings={endings!r}: must be a list of "
-                          "words or token ids")
-    for name in ("suppress_tokens", "suppress_at_start"):
-        ids = values.get(name, [])
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-            raise ConfigError(f"{source + ': ' if source else ''}{prefix}.{name}: must be a list of token ids")
-
-
-def check_model(model, prefix: str = "model", source: str = "") -> None:
-    """``model`` settings (a ModelConfig or its dict): CTC weight, and in the decoder and each
-    encoder the layer sizes, with ``dim`` divisible by ``heads``."""
-    values = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else model
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source + ': ' if source else ''}{prefix}: expected a mapping, got {type(values).__name__}")
-    check_fields(values, MODEL, prefix, source)
-    parts = [("decoder", values.get("decoder")), ("encoder", values.get("encoder"))]
-    tasks = values.get("tasks") or {}
-    if not isinstance(tasks, dict):
-        raise ConfigError(f"{source + ': ' if source else ''}{prefix}.tasks: expected a mapping")
-    for name, task in tasks.items():
-        if isinstance(task, dict):
-            if not isinstance(task.get("encoder"), str):  # a string names the route whose encoder it shares
-                parts.append((f"tasks.{name}.encoder", task.get("encoder")))
-            if "decoding" in task:
-                check_decoding(task["decoding"], f"{prefix}.tasks.{name}.decoding", source)
-            check_fields(task, MODEL, f"{prefix}.tasks.{name}", source)
-    for part, settings in parts:
-        if settings is None:
-            continue
-        if not isinstance(settings, dict):
-            raise ConfigError(f"{source + ': ' if source else ''}{prefix}.{part}: expected a mapping, "
-                              f"got {type(settings).__name__}")
-        check_fields(settings, LAYERS, f"{prefix}.{part}", source)
-        dim, heads = settings.get("dim"), settings.get("heads")
-        if isinstance(dim, int) and isinstance(heads, int) and heads > 0 and dim % heads:
-            raise ConfigError(f"{source + ': ' if source else ''}{prefix}.{part}.heads={heads}: must divide "
-                              f"{prefix}.{part}.dim ({dim})")
-
-
-def check_prompt_tuning(config, source: str = "") -> None:
-    """A config's ``prompt_tuning`` section: ``vectors`` and ``train`` in range, ``base`` and
-    ``task`` given together, and no setting it cannot go with (EMA, FSDP, an SCST stage)."""
-    settings = config.prompt_tuning
+def check_layers(settings, prefix: str, source: str = "") -> None:
+    """The :data:`LAYERS` ranges of a decoder's or an encoder's settings (a dict), with ``dim``
+    divisible by ``heads``."""
     where = source + ": " if source else ""
-    check_fields(settings, PROMPT_TUNING, "prompt_tuning", source)
-    if not settings.base and not settings.task:
-        return
-    for key in ("base", "task"):
-        value = getattr(settings, key)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}prompt_tuning.{key}: needed with prompt_tuning "
-                              "(base: the trained checkpoint, task: the new task's name)")
-    for on, name in ((config.trainer.ema, "trainer.ema"), (config.trainer.fsdp, "trainer.fsdp"),
-                     (config.scst.enabled, "scst")):
-        if on:
-            raise ConfigError(f"{where}prompt_tuning does not go with {name}; turn one off")
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where}{prefix}: expected a mapping, got {type(settings).__name__}")
+    check_fields(settings, LAYERS, prefix, source)
+    dim, heads = settings.get("dim"), settings.get("heads")
+    if isinstance(dim, int) and isinstance(heads, int) and heads > 0 and dim % heads:
+        raise ConfigError(f"{where}{prefix}.heads={heads}: must divide {prefix}.dim ({dim})")
 
 
 def check_device(name) -> str:
@@ -224,8 +161,6 @@ def check_weights(weights: dict, expected: dict, source: str) -> None:
     such as BatchNorm's ``num_batches_tracked``), and finite. Raises :class:`CheckpointError`."""
     import torch
 
-    from .errors import CheckpointError
-
     for name, tensor in weights.items():
         want = expected.get(name)
         if want is None:
@@ -238,16 +173,13 @@ def check_weights(weights: dict, expected: dict, source: str) -> None:
             raise CheckpointError(f"{source}: tensor {name!r} holds NaN or infinite values")
 
 
-# Which encoder modality each built-in task reads; encoders of other modalities ("generic", from
-# plugins) are not checked. ``task: lm`` over a speech model's weights printed "the" for every file.
-TASK_MODALITIES = {"asr": "speech", "caption": "image", "text": "text", "lm": "none"}
-
-
-def check_task_encoder(task: str, encoder, where: str, source: str = "") -> None:
-    """Raise :class:`ConfigError` when ``encoder``'s modality is not the one ``task`` reads."""
-    want, have = TASK_MODALITIES.get(task), getattr(encoder, "modality", "generic")
-    if want is not None and have not in (want, "generic"):
-        raise ConfigError(f"{source + ': ' if source else ''}task {task!r} reads {want} input, but {where} "
+def check_task_encoder(task, encoder, where: str, source: str = "") -> None:
+    """Raise :class:`ConfigError` when ``encoder``'s modality is not the one ``task`` (a
+    :class:`mmseq.tasks.Task`) reads. A task or encoder of modality "generic" (from plugins) is
+    not checked: ``task: lm`` over a speech model's weights printed "the" for every file."""
+    want, have = getattr(task, "modality", "generic"), getattr(encoder, "modality", "generic")
+    if "generic" not in (want, have) and want != have:
+        raise ConfigError(f"{source + ': ' if source else ''}task {task.kind!r} reads {want} input, but {where} "
                           f"is a {have} encoder")
 
 
@@ -273,48 +205,20 @@ def check_resume_model(wanted: dict, saved: dict, folder) -> None:
                                   f"{old[key]!r}; restore the setting, or choose another output_dir to start afresh")
 
 
-def check_checkpoint_files(folder) -> None:
-    """:class:`CheckpointError` naming the first of a checkpoint's files that exists but is not a
-    regular file (a FIFO, a device, a folder): reading it would block or never end."""
-    import os
-    from pathlib import Path
-
-    from .data.files import check_regular
-    from .errors import CheckpointError
-
-    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer.json", "trainer_weights.safetensors"):
-        if os.path.lexists(Path(folder) / name):
-            check_regular(Path(folder) / name, "checkpoint file", CheckpointError)
-
-
-def check_checkpoint_config(config: dict, source) -> None:
-    """A checkpoint config's settings in range (model sizes, ``decoding``): :class:`ConfigError`
-    naming ``source`` and the key."""
-    if "model" in config:
-        try:
-            check_model(config["model"], "model")
-        except ConfigError as error:
-            raise ConfigError(f"{source}: describes no model mmseq can build ({error})") from None
-    if "decoding" in config:
-        decoding = config["decoding"]
-        if decoding is not None and not isinstance(decoding, dict):
-            raise ConfigError(f"{source}: decoding: expected a mapping, got {type(decoding).__name__}")
-        check_decoding(decoding or {}, "decoding", str(source))
-
-
 MAX_BATCH = 4096
 
 
-def check_arguments(args) -> None:
+def check_arguments(args, rules: dict[str, Rule]) -> None:
     """The command line's decoding options (``--beam-size``, ``--batch-size``, ``--ctc-weight``,
-    ``--device``, ...), each in its range, before a checkpoint is loaded or a file decoded."""
+    ``--device``, ...), each in its range (``rules``: the decoding settings'), before a checkpoint
+    is loaded or a file decoded."""
     names = {"beam_size": "--beam-size", "ctc_weight": "--ctc-weight", "length_penalty": "--length-penalty",
              "length_bonus": "--length-bonus", "lm_weight": "--lm-weight"}
     for name, flag in names.items():
         value = getattr(args, name, None)
         if value is not None:
             try:
-                check_value(value, DECODING[name], flag)
+                check_value(value, rules[name], flag)
             except ConfigError as error:
                 raise ConfigError(str(error).replace(f"{flag}=", f"{flag} ", 1)) from None
     batch = getattr(args, "batch_size", None)

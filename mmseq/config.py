@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 from . import checks
+from .checks import BOOL, MAX_BEAM, Choice, Float, Int, setting
+from .data.files import read_regular_file
 from .errors import ConfigError, InputError
-from .model import ModelConfig
-from .training.scst import SCSTConfig
-from .decoding.search import DecodingOptions
+from .decoding.options import DecodingOptions, check_decoding
 from .tokenizer import TASK_TOKENS
 
 
@@ -24,78 +24,124 @@ class DataConfig:
     train: str | None = None  # manifests (JSON Lines)
     valid: str | None = None
     test: str | None = None
-    batch_size: float = 32  # padded size of a batch: seconds of audio for speech, examples otherwise
-    max_batch_examples: int | None = None  # cap on examples per batch whatever their size
-    num_workers: int = 2  # DataLoader worker processes
-    max_bad_examples: int = 100  # unreadable examples skipped in a run before training stops
-
-    def check(self, source: str = "") -> "DataConfig":
-        checks.check_fields(self, checks.DATA, "data", source)
-        return self
+    batch_size: float = setting(32, Float(0, None, True))  # padded size of a batch: seconds of audio for speech, examples otherwise
+    max_batch_examples: int | None = setting(None, Int(1, None, optional=True))  # cap on examples per batch whatever their size
+    num_workers: int = setting(2, Int(0, 1024))  # DataLoader worker processes
+    max_bad_examples: int = setting(100, Int(0))  # unreadable examples skipped in a run before training stops
 
 
 @dataclass
 class TokenizerConfig:
-    type: str = "char"  # "char" or "sentencepiece", trained on the training manifest's text
-    vocab_size: int = 500  # sentencepiece only
-    model_type: str = "unigram"  # sentencepiece only: "unigram" or "bpe"
+    type: str = setting("char", Choice("char", "sentencepiece"))  # trained on the training manifest's text
+    vocab_size: int = setting(500, Int(2, 10_000_000))  # sentencepiece only
+    model_type: str = setting("unigram", Choice("unigram", "bpe"))  # sentencepiece only
     prompt_tokens: list[str] = field(default_factory=lambda: list(TASK_TOKENS))  # task and control tokens
-
-    def check(self, source: str = "") -> "TokenizerConfig":
-        checks.check_fields(self, checks.TOKENIZER, "tokenizer", source)
-        return self
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 10
-    max_steps: int | None = None  # stop after this many optimizer steps
-    lr: float = 1e-3  # peak learning rate of AdamW
-    weight_decay: float = 0.01  # on matrices only, not on biases and norms
-    warmup_steps: int = 500
-    schedule: str = "cosine"  # after warmup: "cosine", "noam" (inverse square root) or "constant"
-    min_lr_ratio: float = 0.02  # cosine floor as a share of ``lr``
-    grad_clip: float = 5.0
-    accumulate: int = 1  # batches per optimizer step
-    precision: str = "auto"  # "auto" (bf16 on GPUs with it, else fp16; fp32 on CPU), "fp32", "bf16", "fp16"
-    device: str = "auto"
-    seed: int = 0
-    compile: bool = False  # torch.compile the model
-    keep_best: int = 3  # checkpoints kept by validation metric (the latest is always kept too)
-    keep_last: int = 1  # most recent checkpoints kept (raise it to average the last N)
+    max_epochs: int = setting(10, Int(1, 1_000_000))
+    max_steps: int | None = setting(None, Int(1, None, optional=True))  # stop after this many optimizer steps
+    lr: float = setting(1e-3, Float(0, 10, True))  # peak learning rate of AdamW
+    weight_decay: float = setting(0.01, Float(0, 10))  # on matrices only, not on biases and norms
+    warmup_steps: int = setting(500, Int(0))
+    schedule: str = setting("cosine", Choice("cosine", "noam", "constant"))  # after warmup; noam: inverse square root
+    min_lr_ratio: float = setting(0.02, Float(0, 1))  # cosine floor as a share of ``lr``
+    grad_clip: float = setting(5.0, Float(0, None, True))
+    accumulate: int = setting(1, Int(1, 1_000_000))  # batches per optimizer step
+    # "auto" (bf16 on GPUs with it, else fp16; fp32 on CPU), "fp32", "bf16", "fp16"
+    precision: str = setting("auto", Choice("auto", "fp32", "bf16", "fp16"))
+    device: str = "auto"  # checked against this machine's devices (checks.check_device)
+    seed: int = setting(0, Int(0, 2**63 - 1))
+    compile: bool = setting(False, BOOL)  # torch.compile the model
+    keep_best: int = setting(3, Int(0, 1_000_000))  # checkpoints kept by validation metric (the latest is always kept too)
+    keep_last: int = setting(1, Int(1, 1_000_000))  # most recent checkpoints kept (raise it to average the last N)
     val_metric: str = "loss"  # "loss", "accuracy", a task's metric ("wer", "CIDEr"; "caption/CIDEr" with model.tasks)
-    val_beam_size: int = 1  # beam for the task metric during validation
-    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: end of epoch only)
-    log_every: int = 25
+    val_beam_size: int = setting(1, Int(1, MAX_BEAM))  # beam for the task metric during validation
+    checkpoint_every: int = setting(0, Int(0))  # optimizer steps between mid-epoch checkpoints (0: end of epoch only)
+    log_every: int = setting(25, Int(1))
     tensorboard: bool = True  # also write TensorBoard event files to output_dir/tensorboard (when installed)
-    nonfinite_limit: int = 20  # steps in a row skipped for a non-finite loss or gradient before training stops
-    ema: float = 0.0  # decay of a moving average of the weights (e.g. 0.999; 0: off), saved and validated
-    activation_checkpointing: bool = False  # recompute each encoder/decoder layer in backward: less memory
-    fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
+    nonfinite_limit: int = setting(20, Int(1))  # steps in a row skipped for a non-finite loss or gradient before training stops
+    ema: float = setting(0.0, Float(0, 1))  # decay of a moving average of the weights (e.g. 0.999; 0: off), saved and validated
+    activation_checkpointing: bool = setting(False, BOOL)  # recompute each encoder/decoder layer in backward: less memory
+    fsdp: bool = setting(False, BOOL)  # shard weights, gradients and optimizer state across processes (FSDP2)
     init_from: str | None = None  # a checkpoint folder a fresh run starts from: its weights, tokenizer and settings (fine-tuning)
-    encoder_lr_scale: float = 1.0  # the encoders' learning rate as a share of ``lr`` (below 1 for a pretrained encoder)
+    encoder_lr_scale: float = setting(1.0, Float(0, 100))  # the encoders' learning rate as a share of ``lr`` (below 1 for a pretrained encoder)
 
-    def check(self, source: str = "") -> "TrainerConfig":
-        """Every setting in its range (see :data:`mmseq.checks.TRAINER`), and the device known."""
-        checks.check_fields(self, checks.TRAINER, "trainer", source)
-        try:
-            checks.check_device(self.device)
-        except ConfigError as error:
-            raise ConfigError(f"{source + ': ' if source else ''}trainer.{error}") from None
+
+@dataclass
+class ModelConfig:
+    """The network. A model is a table of named tasks (``tasks``), each a route: its encoder, an
+    optional CTC head, its decoding settings and its prompt; one decoder serves them all.
+    ``encoder`` and ``ctc_weight`` are the shorthand for a table of one route, named by the
+    config's ``task``."""
+
+    encoder: dict = field(default_factory=lambda: {"name": "conformer"})  # name + the encoder's settings
+    decoder: dict = field(default_factory=dict)  # DecoderConfig settings
+    ctc_weight: float = setting(0.3, Float(0, 1))  # share of the CTC loss in joint training (0: no CTC head)
+    label_smoothing: float = setting(0.1, Float(0, 1))
+    prompting: dict = field(default_factory=dict)  # the one route's prompt settings (mmseq.prompts.Prompting)
+    # The route table: {name: {"task": kind (default: the name), "encoder": {...} or the name of
+    # another route whose encoder it shares, "ctc_weight": 0.0, "batch_size": budget in the task's
+    # own unit, "decoding": {...}, "prompt": "<|asr|>" (default: the task's token), "prompting":
+    # {controls, prompt_dropout, context_dropout, context_length} (see mmseq.prompts)}}.
+    tasks: dict = field(default_factory=dict)
+
+
+@dataclass
+class SCSTConfig:
+    """Self-critical sequence training, a second stage of a caption route (mmseq/training/scst.py)."""
+
+    enabled: bool = setting(False, BOOL)  # train with the SCST objective instead of cross-entropy
+    init_from: str | None = None  # cross-entropy checkpoint folder the stage starts from
+    count: int = setting(5, Int(2, 1000))  # candidates per image (at least 2: each one's baseline is the others' mean)
+    candidates: str = setting("sample", Choice("sample", "beam"))  # "sample" (temperature, top_k) or the count best of a beam
+    temperature: float = setting(1.0, Float(0, 100, True))  # sampling temperature
+    top_k: int = setting(0, Int(0, 10_000_000))  # sample among the k most likely tokens (0: all)
+    max_length: int | None = setting(None, Int(1, 100_000, optional=True))  # most new tokens per candidate (None: the checkpoint's decoding.max_length)
+    sigma: float = setting(6.0, Float(0, 1000, True))  # CIDEr-D's length penalty (its Gaussian's width, as in coco-caption)
+    document_frequency_file: str = "cider_df.json"  # CIDEr-D's cache, relative to output_dir
+
+    def check(self, source: str = "") -> "SCSTConfig":
+        """The ranges, and ``init_from`` given when the stage is on."""
+        if not self.enabled:
+            return self
+        checks.check_fields(self, SCSTConfig, "scst", source)
+        if not self.init_from:
+            raise ConfigError(f"{source + ': ' if source else ''}scst.init_from: SCST starts from a cross-entropy "
+                              "checkpoint folder; none given")
         return self
 
 
 @dataclass
 class PromptTuningConfig:
-    """Train a new task by soft prompt vectors (and LoRA), every other weight frozen (mmseq/prompt_tuning.py)."""
+    """Train a new task by soft prompt vectors (and LoRA), every other weight frozen (mmseq/training/prompt_tuning.py)."""
 
     base: str | None = None  # the trained checkpoint folder to tune from (None: off)
     task: str | None = None  # the new task's (route's) name
     from_task: str | None = None  # the base's route it shares encoder, CTC head and decoding with (default: its only one)
-    vectors: int = 20  # soft prompt vectors placed before the task token
-    train: str = "prompt"  # "prompt" (the vectors only) or "all" (every weight: the fine-tuning baseline)
-    deep: bool = False  # also a vector per prompt position at every decoder layer's input (P-tuning v2)
-    lora: int = 0  # rank of LoRA updates of the decoder's attention, trained with the vectors (0: none; mmseq/lora.py)
+    vectors: int = setting(20, Int(1, 4096))  # soft prompt vectors placed before the task token
+    train: str = setting("prompt", Choice("prompt", "all"))  # the vectors only, or every weight (the fine-tuning baseline)
+    deep: bool = setting(False, BOOL)  # also a vector per prompt position at every decoder layer's input (P-tuning v2)
+    lora: int = setting(0, Int(0, 4096))  # rank of LoRA updates of the decoder's attention, trained with the vectors (0: none)
+
+    def check(self, config: "Config", source: str = "") -> "PromptTuningConfig":
+        """The ranges, ``base`` and ``task`` given together, and no setting it cannot go with (EMA,
+        FSDP, an SCST stage)."""
+        where = source + ": " if source else ""
+        checks.check_fields(self, PromptTuningConfig, "prompt_tuning", source)
+        if not self.base and not self.task:
+            return self
+        for key in ("base", "task"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}prompt_tuning.{key}: needed with prompt_tuning "
+                                  "(base: the trained checkpoint, task: the new task's name)")
+        for on, name in ((config.trainer.ema, "trainer.ema"), (config.trainer.fsdp, "trainer.fsdp"),
+                         (config.scst.enabled, "scst")):
+            if on:
+                raise ConfigError(f"{where}prompt_tuning does not go with {name}; turn one off")
+        return self
 
 
 @dataclass
@@ -107,22 +153,65 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
-    scst: SCSTConfig = field(default_factory=SCSTConfig)  # self-critical training, a second stage (mmseq/scst.py)
+    scst: SCSTConfig = field(default_factory=SCSTConfig)  # self-critical training, a second stage (mmseq/training/scst.py)
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
 
     def check(self, source: str = "") -> "Config":
         """Every section's ranges; errors name ``source`` (the YAML file) and the key. Run where a
         config enters (:func:`load_config`), so a bad value stops a run before its first step,
         not after an epoch (``val_beam_size: 0``) or never (``max_steps: -1``)."""
-        self.data.check(source)
-        self.tokenizer.check(source)
-        self.trainer.check(source)
-        checks.check_model(self.model, "model", source)
-        checks.check_decoding(self.decoding, "decoding", source)
-        checks.check_prompt_tuning(self, source)
+        for name in ("data", "tokenizer", "trainer", "scst"):  # (scst.init_from: when the stage starts)
+            checks.check_fields(getattr(self, name), type(getattr(self, name)), name, source)
+        try:
+            checks.check_device(self.trainer.device)
+        except ConfigError as error:
+            raise ConfigError(f"{source + ': ' if source else ''}trainer.{error}") from None
+        check_model(self.model, "model", source)
+        check_decoding(self.decoding, "decoding", source)
+        self.prompt_tuning.check(self, source)
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ConfigError(f"{source + ': ' if source else ''}output_dir={self.output_dir!r}: must be a folder path")
         return self
+
+
+def check_model(model, prefix: str = "model", source: str = "") -> None:
+    """``model`` settings (a ModelConfig or its dict): CTC weight, and in the decoder and each
+    encoder the layer sizes (:data:`mmseq.checks.LAYERS`), with ``dim`` divisible by ``heads``."""
+    where = source + ": " if source else ""
+    values = dataclasses.asdict(model) if dataclasses.is_dataclass(model) else model
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}{prefix}: expected a mapping, got {type(values).__name__}")
+    checks.check_fields(values, ModelConfig, prefix, source)
+    parts = [("decoder", values.get("decoder")), ("encoder", values.get("encoder"))]
+    tasks = values.get("tasks") or {}
+    if not isinstance(tasks, dict):
+        raise ConfigError(f"{where}{prefix}.tasks: expected a mapping")
+    for name, task in tasks.items():
+        if isinstance(task, dict):
+            if not isinstance(task.get("encoder"), str):  # a string names the route whose encoder it shares
+                parts.append((f"tasks.{name}.encoder", task.get("encoder")))
+            if "decoding" in task:
+                check_decoding(task["decoding"], f"{prefix}.tasks.{name}.decoding", source)
+            checks.check_fields(task, {k: v for k, v in checks.rules_of(ModelConfig).items() if k == "ctc_weight"},
+                                f"{prefix}.tasks.{name}", source)
+    for part, settings in parts:
+        if settings is not None:
+            checks.check_layers(settings, f"{prefix}.{part}", source)
+
+
+def check_checkpoint_config(config: dict, source) -> None:
+    """A checkpoint config's settings in range (model sizes, ``decoding``): :class:`ConfigError`
+    naming ``source`` and the key."""
+    if "model" in config:
+        try:
+            check_model(config["model"], "model")
+        except ConfigError as error:
+            raise ConfigError(f"{source}: describes no model mmseq can build ({error})") from None
+    if "decoding" in config:
+        decoding = config["decoding"]
+        if decoding is not None and not isinstance(decoding, dict):
+            raise ConfigError(f"{source}: decoding: expected a mapping, got {type(decoding).__name__}")
+        check_decoding(decoding or {}, "decoding", str(source))
 
 
 MAX_CONFIG_BYTES = 10_000_000  # a YAML config is a few kilobytes
@@ -229,8 +318,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """Read a YAML config and apply ``key=value`` overrides; unknown keys raise :class:`ConfigError`."""
     tree = {}
     if path is not None:
-        from .data.files import read_regular_file
-
         path = Path(path)
         try:
             data = read_regular_file(path, MAX_CONFIG_BYTES, "config file")

@@ -5,15 +5,16 @@ as methods; checkpoint folders are read and written by :mod:`mmseq.checkpoint`."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import ModelConfig
 from .decoder import DecoderConfig, TextDecoder
 from .decoding.generate import decode_texts, generate
-from .decoding.search import DecodingOptions
+from .decoding.options import DecodingOptions
 from .encoders import ENCODERS, create_encoder
 from .errors import ConfigError, InputError
 from .inference.api import caption, transcribe, translate
@@ -22,25 +23,6 @@ from .tokenizer import Tokenizer
 
 
 ROUTE_KEYS = ("task", "encoder", "ctc_weight", "batch_size", "decoding", "prompt", "prompting")
-
-
-@dataclass
-class ModelConfig:
-    """The network. A model is a table of named tasks (``tasks``), each a route: its encoder, an
-    optional CTC head, its decoding settings and its prompt; one decoder serves them all.
-    ``encoder`` and ``ctc_weight`` are the shorthand for a table of one route, named by the
-    config's ``task``."""
-
-    encoder: dict = field(default_factory=lambda: {"name": "conformer"})  # name + the encoder's settings
-    decoder: dict = field(default_factory=dict)  # DecoderConfig settings
-    ctc_weight: float = 0.3  # share of the CTC loss in joint training (0: no CTC head)
-    label_smoothing: float = 0.1
-    prompting: dict = field(default_factory=dict)  # the one route's prompt settings (mmseq.prompts.Prompting)
-    # The route table: {name: {"task": kind (default: the name), "encoder": {...} or the name of
-    # another route whose encoder it shares, "ctc_weight": 0.0, "batch_size": budget in the task's
-    # own unit, "decoding": {...}, "prompt": "<|asr|>" (default: the task's token), "prompting":
-    # {controls, prompt_dropout, context_dropout, context_length} (see mmseq.prompts)}}.
-    tasks: dict = field(default_factory=dict)
 
 
 def route_table(config: ModelConfig, task: str | None) -> dict[str, dict]:

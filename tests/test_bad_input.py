@@ -27,7 +27,7 @@ from conftest import TINY_DECODER, TINY_ENCODER, make_model, sentences, write_sp
 from mmseq.data.audio import load_audio
 from mmseq.data.images import load_image
 from mmseq.errors import InputError, ManifestError
-from mmseq.inference.run import iter_decode
+from mmseq.inference.run import iter_results
 from mmseq.model import ModelConfig, Seq2Seq
 from mmseq.tasks import ExampleDataset
 from mmseq.tokenizer import CharTokenizer
@@ -250,7 +250,8 @@ def test_bad_audio_among_good_loses_no_result(speech_model, tmp_path):
         write(path)
         sources += [good, path]
         bad[len(sources) - 1] = path
-    results = dict(iter_decode(speech_model, sources, batch_size=4, chunk_size=5, **FAST))
+    results = {r.index: r.text if r.error is None else r.error
+               for r in iter_results(speech_model, sources, batch_size=4, chunk_size=5, **FAST)}
     assert sorted(results) == list(range(len(sources)))
     for index, result in results.items():
         if index in bad:
@@ -474,7 +475,8 @@ def test_bad_images_among_good_lose_no_result(caption_model, tmp_path):
         write(path)
         sources += [good, path]
         bad[len(sources) - 1] = path
-    results = dict(iter_decode(caption_model, sources, batch_size=4, chunk_size=5, **FAST))
+    results = {r.index: r.text if r.error is None else r.error
+               for r in iter_results(caption_model, sources, batch_size=4, chunk_size=5, **FAST)}
     assert sorted(results) == list(range(len(sources)))
     for index, result in results.items():
         assert isinstance(result, InputError if index in bad else str)
@@ -716,7 +718,7 @@ def test_validation_names_and_counts_its_unreadable_examples(tmp_path, capfd):
 
 
 def test_training_stops_with_a_clear_error_past_the_limit(tmp_path):
-    from mmseq.training.trainer import TrainingError
+    from mmseq.errors import TrainingError
 
     manifest, bad = _training_corpus(tmp_path)
     with pytest.raises(TrainingError, match=r"more than data.max_bad_examples=5"):

@@ -188,7 +188,6 @@ def test_reward_accepts_array_indices_and_is_deterministic(training):
     _, scorer = training
     candidates = ["a dog runs", "the red cat sits on a table"]
     first = scorer.reward(candidates, np.array([5, 7]))
-    scorer.precompute()
     np.testing.assert_array_equal(first, scorer.reward(candidates, [5, 7]))
 
 

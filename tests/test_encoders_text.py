@@ -95,7 +95,6 @@ def _text_model(tokenizer_settings, char_tokenizer):
 
 @pytest.mark.parametrize("kind", ["char", "sentencepiece"])
 def test_checkpoint_keeps_the_source_tokenizer_without_its_files(kind, manifest, tmp_path, char_tokenizer):
-    import mmseq
 
     settings = {"type": kind, "train_from": str(manifest)}
     if kind == "sentencepiece":

@@ -145,7 +145,6 @@ def test_scores_split_by_task_and_the_marks_survive_pickling(tokenizer):
 
 
 def test_save_load_and_decode_each_task(tokenizer, tmp_path):
-    import mmseq
 
     model = make_model(tokenizer).eval()
     mmseq.save(model, tmp_path / "checkpoint")

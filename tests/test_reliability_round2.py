@@ -563,7 +563,8 @@ def test_image_fifo_and_urandom_say_what_they_are(fifo):
 
 
 def test_an_empty_training_manifest_with_sentencepiece(tmp_path):
-    from mmseq.training.trainer import Trainer, TrainingError
+    from mmseq.errors import TrainingError
+    from mmseq.training.trainer import Trainer
 
     path = tiny_training(tmp_path, tokenizer__type="sentencepiece", tokenizer__vocab_size=20)
     empty = tmp_path / "empty.jsonl"

@@ -98,7 +98,7 @@ def test_tail_gives_shorter_memories_and_batches_change_nothing(tiny):
 
 
 def test_beam_search_and_fused_scorers_over_byte_level_bpe(tiny, tmp_path):
-    from mmseq.decoding.ngram import build
+    from mmseq.decoding.lm import build
     from mmseq.decoding.scorers import ContextBoost
 
     model = mmseq.load(tiny)

@@ -28,10 +28,6 @@ class Metric:
     name: str
     higher_is_better: bool
 
-    def rank_key(self, value: float) -> float:
-        """Sort key that puts the best values first."""
-        return -value if self.higher_is_better else value
-
 
 LOSS, ACCURACY = Metric("loss", False), Metric("accuracy", True)
 

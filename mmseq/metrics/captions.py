@@ -121,6 +121,38 @@ def python_tokenize(captions: list[str]) -> list[str]:
     return tokenized
 
 
+def _check_pairs(references: list[list[str]], hypotheses: list[str]) -> None:
+    """:class:`InputError` unless there is one hypothesis and a non-empty list of references per image."""
+    if len(references) != len(hypotheses):
+        raise InputError(
+            f"caption metrics need one hypothesis per image: got {len(references)} reference lists "
+            f"and {len(hypotheses)} hypotheses"
+        )
+    if not hypotheses:
+        raise InputError("caption metrics need at least one image")
+    for index, captions in enumerate(references):
+        if isinstance(captions, str) or not captions:
+            raise InputError(f"image {index}: references must be a non-empty list of captions, got {captions!r}")
+
+
+def _tokenizer(java: bool | None, spice: bool):
+    """(tokenize, its name, the metrics skipped): the PTB tokenizer when Java runs, else a Python
+    approximation without METEOR (with a warning); :class:`ConfigError` when Java is required."""
+    problem = java_problem() if java is not False else "Java disabled by the caller (java=False)"
+    if problem is not None and (java is True or spice):
+        raise ConfigError(f"{'SPICE' if spice else 'java=True'} needs Java: {problem}")
+    if spice:
+        _spice_jars()  # fail before the slow work
+    if problem is None:
+        return ptb_tokenize, "ptb", []
+    warnings.warn(
+        f"METEOR is skipped and captions are tokenized by a Python approximation of the PTB tokenizer "
+        f"(scores may differ slightly from official ones) because Java is not usable: {problem}",
+        stacklevel=3,
+    )
+    return python_tokenize, "python", ["METEOR"]
+
+
 def caption_metrics(
     references: list[list[str]], hypotheses: list[str], spice: bool = False, java: bool | None = None
 ) -> dict:
@@ -144,34 +176,8 @@ def caption_metrics(
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    if len(references) != len(hypotheses):
-        raise InputError(
-            f"caption metrics need one hypothesis per image: got {len(references)} reference lists "
-            f"and {len(hypotheses)} hypotheses"
-        )
-    if not hypotheses:
-        raise InputError("caption metrics need at least one image")
-    for index, captions in enumerate(references):
-        if isinstance(captions, str) or not captions:
-            raise InputError(f"image {index}: references must be a non-empty list of captions, got {captions!r}")
-
-    problem = java_problem() if java is not False else "Java disabled by the caller (java=False)"
-    if problem is not None and (java is True or spice):
-        raise ConfigError(f"{'SPICE' if spice else 'java=True'} needs Java: {problem}")
-    if spice:
-        _spice_jars()  # fail before the slow work
-    skipped = []
-    if problem is None:
-        tokenize, tokenizer = ptb_tokenize, "ptb"
-    else:
-        tokenize, tokenizer = python_tokenize, "python"
-        skipped.append("METEOR")
-        warnings.warn(
-            f"METEOR is skipped and captions are tokenized by a Python approximation of the PTB tokenizer "
-            f"(scores may differ slightly from official ones) because Java is not usable: {problem}",
-            stacklevel=2,
-        )
-
+    _check_pairs(references, hypotheses)
+    tokenize, tokenizer, skipped = _tokenizer(java, spice)
     # Tokenize references and hypotheses separately, as COCOEvalCap does.
     flat_references = tokenize([caption for captions in references for caption in captions])
     gts, position = {}, 0

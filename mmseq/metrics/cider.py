@@ -179,12 +179,6 @@ class CiderD:
             entry = self._images[index] = (postings, norms, lengths)
         return entry
 
-    def precompute(self, indices: Sequence[int] | None = None) -> None:
-        """Builds the reference vectors of these training images (all when None) now rather than
-        on first use, e.g. to keep the first SCST steps as fast as the later ones."""
-        for index in range(len(self.references)) if indices is None else indices:
-            self._image(int(index))
-
     def score(self, candidate: str, index: int) -> float:
         """CIDEr-D of one candidate caption against the references of training image ``index``."""
         postings, reference_norms, reference_lengths = self._image(index)

@@ -13,6 +13,7 @@ from .base import Task, register_task
 @register_task("asr")
 class SpeechRecognition(Task):
     name = "asr"
+    modality = "speech"  # the encoders it reads
     input_field = "audio"
     extensions = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
     metrics = (Metric("wer", False), Metric("cer", False))

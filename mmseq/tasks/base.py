@@ -33,6 +33,7 @@ class Task:
     """
 
     name = "base"
+    modality = "generic"  # the encoders it reads: "speech", "image", "text", "none"; generic: any (unchecked)
     input_field = "input"
     extensions: tuple[str, ...] = ()
     metrics: tuple[Metric, ...] = ()

@@ -13,6 +13,7 @@ from .base import Task, register_task
 @register_task("caption")
 class ImageCaptioning(Task):
     name = "caption"
+    modality = "image"  # the encoders it reads
     input_field = "image"
     extensions = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
     metrics = (*(Metric(f"Bleu_{n}", True) for n in range(1, 5)), Metric("METEOR", True), Metric("ROUGE_L", True),

@@ -12,6 +12,7 @@ from .base import Task, register_task
 @register_task("lm")
 class LanguageModelling(Task):
     name = "lm"
+    modality = "none"  # the encoders it reads
     input_field = "text"
 
     def prompt(self) -> list[int]:

@@ -25,6 +25,7 @@ def exact_match(references: list[list[str]], hypotheses: list[str]) -> float:
 @register_task("text")
 class TextToText(Task):
     name = "text"
+    modality = "text"  # the encoders it reads
     input_field = "source"
     extensions = (".txt",)
     metrics = (Metric("bleu", True), Metric("chrf", True), Metric("exact", True))
