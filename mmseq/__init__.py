@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that `import mmseq.errors` (scripts, data tools) does not load torch.
 _LAZY = {
-    "load": "checkpoint", "save": "checkpoint", "build_model": "checkpoint", "ModelConfig": "model", "Seq2Seq": "model",
+    "load": "checkpoint", "save": "checkpoint", "build_model": "checkpoint", "ModelConfig": "config", "Seq2Seq": "model",
     "load_lm": "decoding.lm",
     "Encoder": "encoders", "create_encoder": "encoders", "list_encoders": "encoders", "register_encoder": "encoders",
 }

@@ -2,8 +2,11 @@
 a checkpoint's ``config.json`` and a training YAML. Each error names the file and the key:
 ``exp/best/config.json: decoding.beam_size=1000000: must be an integer from 1 to 100``.
 
-The rules are tables (``{key: Rule}``) so that one reads as the documentation of the ranges;
-:func:`check_fields` applies a table to a dataclass or a dict.
+A setting carries its rule where it is declared: ``beam_size: int = setting(1, Int(1, 100))`` in
+its dataclass (:mod:`mmseq.config`, :mod:`mmseq.decoding.options`), so the field reads as the
+documentation of its range; :func:`check_fields` applies a dataclass's rules (or a table, such as
+:data:`LAYERS` for the dict-valued encoder and decoder settings) to a dataclass or a dict. What stays
+here is that machinery and the rules that span several settings or sources.
 """
 
 from __future__ import annotations
@@ -213,7 +216,7 @@ def check_arguments(args, rules: dict[str, Rule]) -> None:
     ``--device``, ...), each in its range (``rules``: the decoding settings'), before a checkpoint
     is loaded or a file decoded."""
     names = {"beam_size": "--beam-size", "ctc_weight": "--ctc-weight", "length_penalty": "--length-penalty",
-             "length_bonus": "--length-bonus", "lm_weight": "--lm-weight"}
+             "length_bonus": "--length-bonus", "lm_weight": "--lm-weight", "boost_weight": "--boost-weight"}
     for name, flag in names.items():
         value = getattr(args, name, None)
         if value is not None:
