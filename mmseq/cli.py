@@ -23,6 +23,13 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="prompt tokens and/or text prefix, e.g. '<|short|> a photo of'")
     parser.add_argument("--context", help="text the output is conditioned on and never includes: the sentence "
                                           "before, or names and words to expect ('Okonkwo, Umuofia')")
+    parser.add_argument("--boost", metavar="FILE",
+                        help="words or phrases to favour (names, rare words), one a line ('#' comments): a bonus "
+                             "for each token that spells one, fused with the model (a manifest line's own "
+                             "\"boost\" list replaces it for that line)")
+    parser.add_argument("--boost-weight", type=float, metavar="W",
+                        help="weight of the --boost bonus (default 1.0 with --boost; give it alone to use the "
+                             "manifest lines' \"boost\" lists)")
     parser.add_argument("--prompt-tuning", metavar="FOLDER",
                         help="apply a prompt-tuned task (the folder `mmseq train` wrote with prompt_tuning) "
                              "to this checkpoint")
@@ -36,14 +43,30 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _options(args) -> dict:
     names = {"beam_size": args.beam_size, "ctc_weight": args.ctc_weight, "length_penalty": args.length_penalty,
-             "length_bonus": args.length_bonus, "lm_weight": args.lm_weight, "context": args.context}
+             "length_bonus": args.length_bonus, "lm_weight": args.lm_weight, "context": args.context,
+             "boost_weight": args.boost_weight}
     if getattr(args, "previous_text", False):
         names["previous_text"] = True
     if args.lm:
         names.update(lm=args.lm, lm_weight=0.3 if args.lm_weight is None else args.lm_weight)
+    if args.boost:
+        names.update(boost=read_boost(args.boost), boost_weight=1.0 if args.boost_weight is None else args.boost_weight)
     if getattr(args, "window", None) is not None:
         names["longform"] = _longform(args)
     return {k: v for k, v in names.items() if v is not None}
+
+
+def read_boost(path) -> list[str]:
+    """The words or phrases of a ``--boost`` file: one a line, blank lines and ``#`` comments
+    skipped; a file that cannot be read is a one-line :class:`~mmseq.errors.InputError`."""
+    from .errors import InputError
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = [line.strip() for line in file]
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"--boost {path}: cannot read the word list "
+                         f"({getattr(error, 'strerror', None) or error})") from None
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _longform(args):
@@ -101,9 +124,10 @@ def command_train(args) -> int:
 def command_eval(args) -> int:
     from .inference.evaluate import evaluate
     out = args.out or Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
+    options = _options(args)  # a missing --boost file fails before the model loads
     model = _load(args)  # (evaluate checks the --out folder before decoding)
     metrics = evaluate(model, args.manifest, out, batch_size=args.batch_size, prompt=args.prompt, task=args.task,
-                       **_options(args))
+                       **options)
     width = max(map(len, metrics))
     for name, value in metrics.items():
         if isinstance(value, float):

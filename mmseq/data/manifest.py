@@ -27,6 +27,20 @@ def context_problem(value) -> str | None:
     return f"field 'context' must be a string or a list of strings, got {type(value).__name__}"
 
 
+def boost_problem(value) -> str | None:
+    """Why a line's ``"boost"`` (words or phrases to favour, see
+    :class:`mmseq.decoding.scorers.boost.ContextBoost`) cannot be used, or None: it is a list of
+    strings, or a string for one phrase."""
+    if value is None or isinstance(value, str) or (isinstance(value, list) and all(isinstance(w, str) for w in value)):
+        return None
+    return f"field 'boost' must be a list of words or phrases (strings), got {type(value).__name__}"
+
+
+def boost_words(value) -> list[str] | None:
+    """A line's ``"boost"`` as a list of words or phrases (a string is one phrase); None without one."""
+    return [value] if isinstance(value, str) else value
+
+
 def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: Path) -> dict:
     """One manifest line to an example dict, or :class:`ManifestError` naming ``path:number``."""
     try:
@@ -62,7 +76,7 @@ def parse_line(line: str, path, number: int, required: tuple[str, ...], folder: 
         captions = example["captions"]
         if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
             raise ManifestError(path, number, "field 'captions' must be a non-empty list of non-empty strings")
-    problem = context_problem(example.get("context"))
+    problem = context_problem(example.get("context")) or boost_problem(example.get("boost"))
     if problem:
         raise ManifestError(path, number, problem)
     if "text" in required and not example["text"].strip():

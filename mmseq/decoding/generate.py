@@ -15,7 +15,7 @@ from .search import beam_search, greedy_search
 
 
 @torch.no_grad()
-def generate(model, batch: dict, prompt=None, lm=None, scorers=(), context=None,
+def generate(model, batch: dict, prompt=None, lm=None, scorers=(), context=None, boost=None,
              **options) -> list[list[Hypothesis]]:
     """Decode a batch (``inputs``, ``lengths``); returns n-best hypotheses per input, best first.
 
@@ -27,6 +27,13 @@ def generate(model, batch: dict, prompt=None, lm=None, scorers=(), context=None,
     list of one per input (each a string or a list of words). A batch from a task's
     ``collate`` brings each example's own prompt and context (``prompts``, ``contexts``);
     ``prompt`` adds to them, ``context`` replaces them.
+
+    ``boost``: words or phrases to favour (contextual biasing, fused as a
+    :class:`~mmseq.decoding.scorers.boost.ContextBoost` with weight ``boost_weight``; nothing
+    happens while it is 0): a list of strings for every input, or a list of one per input (each a
+    list of strings, a string for one phrase, or None). A batch from a task's ``collate`` brings
+    each example's own list (``boosts``, None where its line has none): an input's own list takes
+    the place of ``boost``, as a manifest line's ``"boost"`` replaces ``--boost FILE``.
 
     ``lm``: a language model scorer fused with weight ``lm_weight``: a
     :class:`mmseq.decoding.scorers.lm.LanguageModel` or an n-gram
@@ -46,15 +53,30 @@ def generate(model, batch: dict, prompt=None, lm=None, scorers=(), context=None,
     contexts = batch.get("contexts") or [[]] * count
     if context is not None:
         contexts = _per_input(context, count, "context", route.task.context_ids, words=True)
-    if lm is not None and not hasattr(lm, "check_tokenizer"):
-        raise InputError(f"lm={lm!r}: give a loaded language model (mmseq.load_lm(path, model.tokenizer))")
-    lm = lm if lm is not None and options.lm_weight > 0 else None
-    if lm is not None:
-        lm.check_tokenizer(model.tokenizer)
+    boosts = _boost_lists(boost, batch.get("boosts"), count)
+    lm = _fused_lm(lm, options, model.tokenizer)
     inputs = batch["inputs"].to(model.device)
     lengths = batch.get("lengths")
     memory, memory_mask = route.encoder(inputs, lengths.to(model.device) if lengths is not None else None)
     ctc = model.ctc_log_probs(memory, route.ctc_head) if options.ctc_weight > 0 and route.ctc_head is not None else None
+    return _search_groups(model, options, memory, memory_mask, ctc, prompts, contexts, boosts, lm, scorers)
+
+
+def _fused_lm(lm, options: DecodingOptions, tokenizer):
+    """``lm=`` of :func:`generate` checked against ``tokenizer``; None when not fused."""
+    if lm is not None and not hasattr(lm, "check_tokenizer"):
+        raise InputError(f"lm={lm!r}: give a loaded language model (mmseq.load_lm(path, model.tokenizer))")
+    lm = lm if lm is not None and options.lm_weight > 0 else None
+    if lm is not None:
+        lm.check_tokenizer(tokenizer)
+    return lm
+
+
+def _search_groups(model, options: DecodingOptions, memory, memory_mask, ctc, prompts: list, contexts: list,
+                   boosts: list, lm, scorers) -> list[list[Hypothesis]]:
+    """One search per group of inputs that share a prompt, each with its members' contexts and
+    fused scorers (their boosted words among them); the hypotheses in input order."""
+    count = len(prompts)
     # Inputs of one prompt are searched together (the fused scorers condition on it); contexts
     # of any length share a search (left-padded, see mmseq.decoding.search).
     groups: dict[tuple, list[int]] = {}
@@ -64,7 +86,8 @@ def generate(model, batch: dict, prompt=None, lm=None, scorers=(), context=None,
     for ids, members in groups.items():
         part = None if len(members) == count else torch.tensor(members, device=model.device)
         pick = (lambda x: x) if part is None else (lambda x: x.index_select(0, part))
-        fused = fused_scorers(model.tokenizer, options, None if ctc is None else pick(ctc), lm, scorers)
+        fused = fused_scorers(model.tokenizer, options, None if ctc is None else pick(ctc), lm, scorers,
+                              [boosts[i] for i in members])
         group_context = [contexts[i] for i in members]
         if options.beam_size == 1 and not fused:
             found = [[hyp] for hyp in greedy_search(model, pick(memory), pick(memory_mask), list(ids), options,
@@ -75,6 +98,7 @@ def generate(model, batch: dict, prompt=None, lm=None, scorers=(), context=None,
         for i, hyps in zip(members, found):
             results[i] = hyps
     return results
+
 
 def decode_texts(model, batch: dict, **options) -> list[str]:
     """Best text per input; a forced text prefix of the prompt starts it."""
@@ -95,3 +119,23 @@ def _per_input(value, count: int, name: str, encode, words: bool = False) -> lis
     if len(values) != count:
         raise InputError(f"{name}= holds {len(values)} values for {count} inputs: give one value, or one per input")
     return [[] if v is None else (encode(v) if isinstance(v, str) or words else list(v)) for v in values]
+
+
+def _boost_lists(boost, own, count: int) -> list:
+    """The words each of ``count`` inputs boosts (a list of strings, or None): its own from
+    ``own`` (a batch's ``boosts``), else ``boost`` of :func:`generate` (see there)."""
+    def words(value, what: str):
+        if value is None or isinstance(value, str):
+            return None if value is None else [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise InputError(f"{what} must be a list of words or phrases (strings), got {value!r:.80}")
+
+    if not isinstance(boost, (list, tuple)) or all(isinstance(v, str) for v in boost):
+        default = [words(boost, "boost=")] * count
+    elif len(boost) != count:
+        raise InputError(f"boost= holds {len(boost)} lists for {count} inputs: give one list, or one per input")
+    else:
+        default = [words(value, f"boost= of input {i}") for i, value in enumerate(boost)]
+    own = own or [None] * count
+    return [default[i] if own[i] is None else words(own[i], f"the boost of input {i}") for i in range(count)]

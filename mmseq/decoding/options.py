@@ -34,6 +34,9 @@ class DecodingOptions:
     ctc_candidates: float = setting(1.5, Float(1, 100))
     # shallow fusion with an external language model (``generate(lm=...)``)
     lm_weight: float = setting(0.0, Float(0, 10))
+    # contextual biasing: weight of the bonus for listed words (``generate(boost=...)``, a manifest
+    # line's ``"boost"``, ``--boost FILE``; mmseq.decoding.scorers.boost.ContextBoost); 0: off
+    boost_weight: float = setting(0.0, Float(0, 100))
     no_repeat_ngram: int = setting(0, Int(0, 100))  # forbid repeating any n-gram of this size (0: off)
     # words ("a", "the") or token ids that may not precede ``</s>``
     bad_endings: list[int | str] = field(default_factory=list)

@@ -248,10 +248,12 @@ def continuation_prompt(tokenizer, prompt) -> list[int]:
 
 
 def decode_windows(recordings: list, plans: list[list[Window]], prompts: list, later_prompts: list, decode,
-                   contexts: list | None = None, previous_text: bool = False, join=join_texts) -> list:
+                   contexts: list | None = None, previous_text: bool = False, join=join_texts,
+                   boosts: list | None = None) -> list:
     """One result per recording, from ``decode(pieces, prompts, contexts) -> outputs`` (texts, or
     records with a ``.text``): the first window of recording ``i`` with ``prompts[i]``, its later
-    windows with ``later_prompts[i]``, each with the recording's context ``contexts[i]``; then
+    windows with ``later_prompts[i]``, each with the recording's context ``contexts[i]`` (and, when
+    ``boosts`` is given, its words to boost ``boosts[i]``, a fourth argument of ``decode``); then
     ``join(outputs, windows)`` makes each recording's result (default: its texts joined). A
     recording of one window is passed whole (it may be any input, an image too).
 
@@ -275,8 +277,9 @@ def decode_windows(recordings: list, plans: list[list[Window]], prompts: list, l
         jobs = [(i, j) for i, plan in enumerate(plans) for j in range(len(plan)) if not previous_text or j == k]
         if not jobs:
             continue
+        extra = [] if boosts is None else [[boosts[i] for i, _ in jobs]]
         got = decode([piece(i, j) for i, j in jobs], [prompts[i] if j == 0 else later_prompts[i] for i, j in jobs],
-                     [context(i, j) for i, j in jobs])
+                     [context(i, j) for i, j in jobs], *extra)
         for (i, j), output in zip(jobs, got):
             outputs[i][j] = output
     return [join(outputs[i], plan) for i, plan in enumerate(plans)]

@@ -64,11 +64,12 @@ def _length(x: torch.Tensor) -> int:
 
 
 def decode_batched(model, inputs: list[torch.Tensor], prompts: list, batch_size: int = 16, task=None,
-                   contexts: list | None = None, hypotheses: bool = False, **options) -> list:
+                   contexts: list | None = None, hypotheses: bool = False, boosts: list | None = None,
+                   **options) -> list:
     """Texts of loaded inputs, in their order (``hypotheses``: each input's hypotheses from
     ``model.generate`` instead). Inputs with the same prompt and similar lengths share a batch
-    (``batch_size`` inputs at most), each with its own context (``contexts``: one per input, or
-    None); ``options`` go to ``model.decode_texts`` / ``generate``. ``task``: the :class:`Task` the
+    (``batch_size`` inputs at most), each with its own context and words to boost (``contexts``,
+    ``boosts``: one per input, or None); ``options`` go to ``model.decode_texts`` / ``generate``. ``task``: the :class:`Task` the
     inputs belong to (default: the model's)."""
     task = task or model.route().task
     decode = model.generate if hypotheses else model.decode_texts
@@ -82,8 +83,9 @@ def decode_batched(model, inputs: list[torch.Tensor], prompts: list, batch_size:
             part = members[start:start + batch_size]
             batch_inputs, lengths = task.collate_inputs([inputs[i] for i in part])
             context = None if contexts is None else [contexts[i] for i in part]
+            boost = None if boosts is None else [[boosts[i]] if isinstance(boosts[i], str) else boosts[i] for i in part]
             decoded = decode({"inputs": batch_inputs, "lengths": lengths, "task": task.name},
-                             prompt=prompts[part[0]], context=context, **options)
+                             prompt=prompts[part[0]], context=context, boost=boost, **options)
             for i, output in zip(part, decoded):
                 outputs[i] = output
     return outputs
@@ -103,10 +105,10 @@ class WindowDecoder:
         self.method = check_method(model, timestamps, task) if timestamps else None
         self.hypotheses, self.refine = bool(nbest or timestamps), refine
 
-    def __call__(self, pieces: list, prompts: list, contexts: list) -> list:
-        """``decode(pieces, prompts, contexts)`` of :func:`~mmseq.inference.longform.decode_windows`."""
+    def __call__(self, pieces: list, prompts: list, contexts: list, boosts: list | None = None) -> list:
+        """``decode(pieces, prompts, contexts, boosts)`` of :func:`~mmseq.inference.longform.decode_windows`."""
         found = decode_batched(self.model, pieces, prompts, self.batch_size, self.task, contexts, self.hypotheses,
-                               **self.options)
+                               boosts, **self.options)
         if not self.hypotheses:
             return found
         decoded = []
@@ -139,6 +141,7 @@ class WindowDecoder:
 
 
 def iter_results(model, sources: Iterable, batch_size: int = 16, chunk_size: int = 256, prompt=None, context=None,
+                 boost=None,
                  window: float = 30.0, split: str = "energy", segment_pause: float | None = None,
                  longform: LongformOptions | None = None, task: str | None = None, previous_text: bool = False,
                  nbest: int | None = None, timestamps: str | None = None, refine: bool = True,
@@ -155,7 +158,9 @@ def iter_results(model, sources: Iterable, batch_size: int = 16, chunk_size: int
     needs none.
 
     ``prompt`` and ``context`` (see :meth:`~mmseq.model.Seq2Seq.generate`): one value for every
-    source, a list of one per source, or a function of the source's index. ``previous_text``: each
+    source, a list of one per source, or a function of the source's index; ``boost`` (words to
+    favour, fused with ``boost_weight``) likewise: a list of strings for every source, a list of
+    one list per source, or a function of the index. ``previous_text``: each
     later window of a long recording gets the text of the window before as its context.
     ``nbest``: keep the N best hypotheses with their scores. ``timestamps``: place the words in
     time by "auto", "ctc" or "attention" (``refine``: boundaries moved to the sound). ``options``
@@ -169,8 +174,9 @@ def iter_results(model, sources: Iterable, batch_size: int = 16, chunk_size: int
                           task.encoder)  # an encoder with a fixed window (Whisper's 30 s) caps it
     decoder = WindowDecoder(model, task, batch_size, nbest, timestamps, refine, **options)
     sources = [sources] if one_input(sources) else sources
-    sources = list(sources) if isinstance(prompt, list) or isinstance(context, list) else sources
+    sources = list(sources) if any(isinstance(v, list) for v in (prompt, context, boost)) else sources
     prompt_of, context_of = _per_source(prompt, sources, "prompt"), _per_source(context, sources, "context")
+    boost_of = _per_source(boost, sources, "boost")
     pending: list[tuple[int, torch.Tensor, list[Window]]] = []
     held = 0
     for index, source in enumerate(sources):
@@ -181,9 +187,9 @@ def iter_results(model, sources: Iterable, batch_size: int = 16, chunk_size: int
         pending.append((index, x, _plan(model, task, x, longform)))
         held += len(pending[-1][2])
         if held >= chunk_size:
-            yield from _decode_chunk(model, decoder, pending, prompt_of, context_of, previous_text)
+            yield from _decode_chunk(model, decoder, pending, prompt_of, context_of, boost_of, previous_text)
             pending, held = [], 0
-    yield from _decode_chunk(model, decoder, pending, prompt_of, context_of, previous_text)
+    yield from _decode_chunk(model, decoder, pending, prompt_of, context_of, boost_of, previous_text)
 
 
 def _load(task, index: int, source):
@@ -209,24 +215,27 @@ def _plan(model, task, x, longform: LongformOptions) -> list[Window]:
     return [Window(0, _length(x))]
 
 
-def _decode_chunk(model, decoder: WindowDecoder, pending: list, prompt_of, context_of,
+def _decode_chunk(model, decoder: WindowDecoder, pending: list, prompt_of, context_of, boost_of,
                   previous_text: bool) -> Iterator[Result]:
     indices = [index for index, _, _ in pending]
     prompts = [prompt_of(i) for i in indices]
     results = decode_windows([x for _, x, _ in pending], [plan for _, _, plan in pending], prompts,
                              [continuation_prompt(model.tokenizer, p) for p in prompts], decoder,
-                             [context_of(i) for i in indices], previous_text, decoder.join)
+                             [context_of(i) for i in indices], previous_text, decoder.join,
+                             [boost_of(i) for i in indices])
     for index, result in zip(indices, results):
         yield replace(result, index=index)
 
 
 def _per_source(value, sources, name: str):
-    """``index -> value`` of a ``prompt=`` or ``context=``: one value for every source (a string,
-    ids), a list of one per source (each a string, ids, or for a context a list of words), or
-    already a function of the source's index (batch jobs: a manifest line's own)."""
+    """``index -> value`` of a ``prompt=``, ``context=`` or ``boost=``: one value for every source
+    (a string, ids, for a boost a list of strings), a list of one per source (each a string, ids,
+    or for a context or a boost a list of words), or already a function of the source's index
+    (batch jobs: a manifest line's own)."""
     if callable(value):
         return value
-    if not isinstance(value, list) or (value and all(isinstance(v, int) for v in value)):
+    one = str if name == "boost" else int  # what a list that is one value for every source holds
+    if not isinstance(value, list) or (value and all(isinstance(v, one) for v in value)):
         return lambda index: value
     if len(value) != len(sources):
         raise InputError(f"{name}= holds {len(value)} values for {len(sources)} inputs: give one value "
@@ -336,7 +345,7 @@ class _Job:
                 yield item.source
 
     def own(self, field: str, default):
-        """``index -> value`` of a manifest line's own ``prompt`` or ``context``, else ``default``."""
+        """``index -> value`` of a manifest line's own ``prompt``, ``context`` or ``boost``, else ``default``."""
         def of(index: int):
             value = getattr(self.given[index][1], field)
             return default if value is None else value
@@ -362,11 +371,11 @@ class _Job:
 
 def run_job(model, inputs: Inputs, write, task: str | None = None, batch_size: int = 16,
             skip: set[str] | frozenset = frozenset(), progress: bool = False, prompt=None, context=None,
-            **options) -> Summary:
+            boost=None, **options) -> Summary:
     """Decode every input of ``inputs`` not in ``skip`` (ids) and call ``write(item, result)``
     for each in input order, as results come (a chunk of :func:`iter_results` at a time). An
-    empty line of text gives an empty text. A manifest line's own prompt and context take the
-    place of ``prompt`` and ``context``. ``progress``: a tqdm bar with ETA on stderr (its total
+    empty line of text gives an empty text. A manifest line's own prompt, context and boost take
+    the place of ``prompt``, ``context`` and ``boost``. ``progress``: a tqdm bar with ETA on stderr (its total
     counted from ``inputs`` unless they read standard input). ``options`` go to ``iter_results``
     (``nbest``, ``timestamps``, ...)."""
     from tqdm import tqdm
@@ -378,7 +387,7 @@ def run_job(model, inputs: Inputs, write, task: str | None = None, batch_size: i
     start = time.perf_counter()
     try:
         for result in iter_results(model, job.sources(), batch_size, task=task, prompt=job.own("prompt", prompt),
-                                   context=job.own("context", context), **options):
+                                   context=job.own("context", context), boost=job.own("boost", boost), **options):
             job.take(result)
     finally:
         job.summary.seconds = time.perf_counter() - start

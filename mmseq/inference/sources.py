@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..data.manifest import context_problem
+from ..data.manifest import boost_problem, boost_words, context_problem
 from ..errors import InputError, ManifestError, MmseqError
 
 # What the tasks' loaders read: libsndfile's formats (mp3 since libsndfile 1.1) and PIL's.
@@ -35,12 +35,14 @@ class Item:
     """One input of a batch job: its ``id`` (the manifest's id, a path, or ``FILE:LINE`` for a
     text line), its ``source`` (a path, or the text itself for the text task), and ``error``
     when it cannot even be named (a broken manifest line, a glob that matches nothing). A
-    manifest line's ``prompt`` and ``context`` fields, when it has them, are the input's own."""
+    manifest line's ``prompt``, ``context`` and ``boost`` fields (its words to favour, a list),
+    when it has them, are the input's own."""
     id: str
     source: str
     error: MmseqError | None = None
     prompt: str | None = None
     context: str | list | None = None
+    boost: list | None = None
 
 
 def _has_magic(text: str) -> bool:
@@ -141,13 +143,14 @@ class Inputs:
                     continue
                 source = value if self.task == "text" or os.path.isabs(value) else os.path.join(folder, value)
                 prompt, context = entry.get("prompt"), entry.get("context")
-                problem = context_problem(context) if prompt is None or isinstance(prompt, str) else \
-                    f"field 'prompt' has the wrong type ({type(prompt).__name__})"
+                problem = context_problem(context) or boost_problem(entry.get("boost"))
+                if prompt is not None and not isinstance(prompt, str):
+                    problem = f"field 'prompt' has the wrong type ({type(prompt).__name__})"
                 if problem:
                     yield Item(where, "", ManifestError(manifest, number, problem))
                     continue
                 yield Item(str(entry.get("id", where if self.task == "text" else source)), source,
-                           prompt=prompt, context=context)
+                           prompt=prompt, context=context, boost=boost_words(entry.get("boost")))
 
 
 # -- the Python API's sources ---------------------------------------------------------------------------

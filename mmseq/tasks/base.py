@@ -8,7 +8,7 @@ import zlib
 import torch
 from torch.utils.data import Dataset
 
-from ..data.manifest import read_manifest
+from ..data.manifest import boost_words, read_manifest
 from ..errors import ConfigError, InputError, ManifestError, TokenizerError
 from ..metrics import ACCURACY, LOSS, Metric
 from ..registry import Registry
@@ -141,7 +141,8 @@ class Task:
         """Loaded items to a batch: ``inputs``, ``lengths``, ``tokens (rows, length)`` holding
         the context segment, ``<s>``, the prompt, the text and ``</s>``, ``prefix_lengths`` (all
         before the text, per row), ``prompts`` and ``contexts`` (per input, what decoding forces:
-        the example's prompt ids after the route's, its context segment), ``ids``,
+        the example's prompt ids after the route's, its context segment), ``boosts`` (per input,
+        its line's words to favour, or None), ``ids``,
         ``references``; unreadable items are left out and listed in ``errors``.
 
         An item may carry several targets (an image's captions): each is a row of ``tokens``, and
@@ -165,6 +166,7 @@ class Task:
         # What decoding forces for each input: its prompt after the route's and its context segment.
         batch["prompts"] = [item["prompt"] for item in items]
         batch["contexts"] = [item["context"] for item in items]
+        batch["boosts"] = [item.get("boost") for item in items]  # words to favour (None: the line has none)
         if len(sequences) > len(items):
             counts = torch.tensor([len(item["tokens"]) for item in items])
             batch["input_index"] = torch.arange(len(items)).repeat_interleave(counts)
@@ -198,6 +200,7 @@ class ExampleDataset(Dataset):
                     for text in example.get("texts") or [example["text"]]]
             item["tokens"], item["prefix_lengths"] = [r for r, _ in rows], [n for _, n in rows]
             item["prompt"], item["context"] = task.example_prompt(example), task.context_ids(example.get("context"))
+            item["boost"] = boost_words(example.get("boost"))
         except (InputError, ManifestError, TokenizerError) as error:
             return {"error": f"{example['_where']}: {error}"}
         longest = max(map(len, item["tokens"]))

@@ -13,69 +13,134 @@ tokenizer the space token (so the first word of a character hypothesis is not bo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...errors import InputError
 from .base import Scorer
 
 
+@dataclass
+class BoostState:
+    """Each row's input ``inputs (rows,)`` and its node in the prefix tree ``nodes (rows,)``: the
+    tokens of its current word so far, or the input's root (node ``input``) when the word is empty
+    or no listed word starts so. ``state[row]`` reads ``(input, tokens of the word)`` on the host,
+    for a reader; the search never does."""
+    inputs: torch.Tensor
+    nodes: torch.Tensor
+    scorer: "ContextBoost"
+
+    def __len__(self) -> int:
+        return self.nodes.shape[0]
+
+    def __getitem__(self, row: int) -> tuple[int, tuple[int, ...]]:
+        return int(self.inputs[row]), self.scorer.word_of(int(self.nodes[row]))
+
+
 class ContextBoost(Scorer):
     """Boost the words ``words[i]`` (a list of strings) of input ``i`` of a search.
 
-    State: a list of ``(input, the tokens of the row's current word so far)``, one per row, on
-    the host. Host synchronisation: :meth:`advance` and :meth:`select` read the chosen rows and
-    tokens with ``.tolist()`` (two syncs per step), and :meth:`score` builds the gains row by row
-    in Python on the CPU, then copies them to the search's device. Meant for short word lists; a
-    prefix tree held as tensors (node per row, a child table gathered per step) would remove the
-    syncs.
+    One prefix tree holds every input's words: node ``i`` is input ``i``'s root, each other node a
+    prefix of some listed word's tokens, with its depth and whether a whole word ends there. Each
+    node's children are a padded row of ``(token, child)`` tables (the roots' in a table of their
+    own: a root has a child per distinct first token, the other nodes a few). State, score, advance
+    and select are tensor operations on the search's device, with no host synchronisation; the
+    gains of a step are built from a ``(rows, vocab)`` base (the penalty for leaving the word, by
+    the node's depth) with ``scatter_`` of the continuing tokens and ``scatter_add_`` of the tokens
+    that start a listed word.
     """
 
     def __init__(self, tokenizer, words: list[list[str]]):
         self.tokenizer = tokenizer
-        starts = self.starts = torch.tensor(tokenizer.word_starts(), dtype=torch.bool)
-        # Per input: the prefixes of its words' token sequences, each with the tokens that may follow,
-        # and the whole words.
-        self.tries = []
-        for input_words in words:
-            prefixes: dict[tuple, set] = {(): set()}
-            whole = set()
+        # Per id: does it start a word; one more column (False) pads the gains (see score).
+        self.starts = torch.tensor(tokenizer.word_starts() + [False], dtype=torch.bool)
+        self.count = len(words)
+        children: list[dict[int, int]] = [{} for _ in words]  # per node: token -> child
+        self.parent, self.token = [-1] * len(words), [-1] * len(words)  # per node (roots: -1)
+        depth, whole = [0] * len(words), [False] * len(words)
+        for root, input_words in enumerate(words):
             for word in input_words:
-                ids = tuple(tokenizer.encode(" " + word.strip()))
-                if not ids or not starts[ids[0]]:
+                ids = tokenizer.encode(" " + word.strip())
+                if not ids or not self.starts[ids[0]]:
                     continue  # a word that does not start with a word-start token can never be matched
-                for end in range(len(ids)):
-                    prefixes.setdefault(ids[:end], set()).add(ids[end])
-                prefixes.setdefault(ids, set())
-                whole.add(ids)
-            self.tries.append((prefixes, whole))
+                node = root
+                for token in ids:
+                    if token not in children[node]:
+                        children[node][token] = len(children)
+                        children.append({})
+                        self.parent.append(node)
+                        self.token.append(token)
+                        depth.append(depth[node] + 1)
+                        whole.append(False)
+                    node = children[node][token]
+                whole[node] = True
+        self.give_back = torch.tensor([-d for d in depth], dtype=torch.float32)  # leaving the word: 0 at a root
+        self.whole = torch.tensor(whole)
+        pad = tokenizer.vocab_size  # an extra column of the gains, dropped
+        self.root_table = _table(children[:len(words)], pad)  # (inputs, 2, most first tokens)
+        self.inner_table = _table([{}] * len(words) + children[len(words):], pad)  # (nodes, 2, most children)
+        self.device = torch.device("cpu")
+
+    def word_of(self, node: int) -> tuple[int, ...]:
+        """The tokens from the root to ``node`` (host; for reading a state)."""
+        tokens = []
+        while self.parent[node] >= 0:
+            tokens.append(self.token[node])
+            node = self.parent[node]
+        return tuple(reversed(tokens))
+
+    def _to(self, device) -> None:
+        if self.device != device:
+            for name in ("starts", "give_back", "whole", "root_table", "inner_table"):
+                setattr(self, name, getattr(self, name).to(device))
+            self.device = device
 
     def init_state(self, prompt, memory_mask, rows_per_input, max_new):
-        if memory_mask.shape[0] != len(self.tries):
-            raise InputError(f"ContextBoost holds words for {len(self.tries)} inputs, the search has "
+        if memory_mask.shape[0] != self.count:
+            raise InputError(f"ContextBoost holds words for {self.count} inputs, the search has "
                              f"{memory_mask.shape[0]}: build it for the inputs of one search")
-        # Each row: (its input, the tokens of its current word so far).
-        return [(row // rows_per_input, ()) for row in range(memory_mask.shape[0] * rows_per_input)]
+        self._to(memory_mask.device)
+        inputs = torch.arange(self.count, device=memory_mask.device).repeat_interleave(rows_per_input)
+        return BoostState(inputs, inputs.clone(), self)
 
     def score(self, state, tokens, candidates):
-        gains = torch.zeros(len(state), self.tokenizer.vocab_size)
-        for row, (index, word) in enumerate(state):
-            prefixes, whole = self.tries[index]
-            if word in prefixes and word:  # inside a listed word: leaving it unfinished gives its units back
-                ending = 0.0 if word in whole else -float(len(word))
-                gains[row] = torch.where(self.starts, ending, -float(len(word)))
-                gains[row, self.tokenizer.eos_id] = ending
-                for token in prefixes[word]:
-                    gains[row, token] = 1.0
-            for token in prefixes[()]:  # starting a listed word
-                gains[row, token] += 1.0
-        return gains.to(tokens.device)
+        nodes = state.nodes
+        give_back = self.give_back[nodes].unsqueeze(1)  # (rows, 1): minus the units gained in the word
+        ending = torch.where(self.whole[nodes].unsqueeze(1), 0.0, give_back)  # a whole word keeps them
+        gains = torch.where(self.starts, ending, give_back)  # (rows, vocab + 1): leaving the word
+        gains[:, self.tokenizer.eos_id] = ending[:, 0]
+        gains.scatter_(1, self.inner_table[nodes, 0], 1.0)  # continuing the word: one unit
+        starting = self.root_table[state.inputs, 0]
+        gains.scatter_add_(1, starting, torch.ones(starting.shape, device=gains.device))  # starting a listed word
+        return gains[:, :-1].to(tokens.device)
 
     def advance(self, state, index, new_tokens):
-        out = []
-        for row, token in zip(index.tolist(), new_tokens.tolist()):
-            which, word = state[row]
-            out.append((which, (token,) if self.starts[token] else word + (token,)))
-        return out
+        inputs, nodes = state.inputs[index], state.nodes[index]
+        new_tokens = new_tokens.to(nodes.device)
+        inner = _child(self.inner_table[nodes], new_tokens, inputs)  # the word goes on
+        first = _child(self.root_table[inputs], new_tokens, inputs)  # a new word starts
+        return BoostState(inputs, torch.where(self.starts[new_tokens], first, inner), self)
 
     def select(self, state, rows):
-        return [state[row] for row in rows.tolist()]
+        rows = rows.to(state.nodes.device)
+        return BoostState(state.inputs[rows], state.nodes[rows], self)
+
+
+def _table(children: list[dict[int, int]], pad: int) -> torch.Tensor:
+    """``(nodes, 2, width)``: each node's child tokens (row 0, ``pad`` after the last) and child
+    nodes (row 1, -1 after the last)."""
+    width = max((len(c) for c in children), default=0) or 1
+    table = torch.full((len(children), 2, width), pad, dtype=torch.long)
+    table[:, 1] = -1
+    for node, found in enumerate(children):
+        if found:
+            table[node, :, : len(found)] = torch.tensor([list(found), list(found.values())])
+    return table
+
+
+def _child(table: torch.Tensor, tokens: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
+    """Each row's child by ``tokens (rows,)`` in its row of ``table (rows, 2, width)``, or its input's
+    root ``roots`` when it has none (the word is not, or no longer, a listed word's start)."""
+    match = table[:, 0] == tokens.unsqueeze(1)
+    return torch.where(match.any(1), (table[:, 1] * match).sum(1), roots)
