@@ -80,7 +80,7 @@ def run_faster_whisper(clips, lists, settings, args, condition):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("manifest", help="a manifest with a 'biasing' list per line (tools/biasing_lists.py)")
+    parser.add_argument("manifest", type=Path, help="a manifest with a 'biasing' list per line (tools/biasing_lists.py)")
     parser.add_argument("--conditions", default="none,context,boost,both,fw-none,fw-prompt,fw-hotwords")
     parser.add_argument("--mmseq-model", type=Path, default=Path("exp/whisper-base"))
     parser.add_argument("--ct2-model", type=Path, default=DEFAULT_CT2)
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         scores = biased_word_errors([c.text for c in clips], run.hyps, lists)
         line = {"manifest": str(args.manifest), "condition": condition, "list_words": round(sum(map(len, lists)) / len(lists), 1),
                 **{k: round(v, 2) for k, v in scores.items() if k in ("b_wer", "u_wer", "wer")},
-                "biased_words": scores["biased_words"], "rtfx": round(run.rtfx, 2), "decode_s": round(run.decode_s, 1),
+                "biased_words": scores["biased_words"], "rtfx": round(run.rtfx, 2), "decode_s": round(run.decode_s, 1), "cpu_s": round(run.cpu_s, 1),
                 "load": [round(x, 2) for x in run.load_start + run.load_end], **run.settings}
         print(json.dumps(line), flush=True)
         with open(args.out / "biasing.jsonl", "a") as log:
