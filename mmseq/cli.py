@@ -56,16 +56,19 @@ def _options(args) -> dict:
     return {k: v for k, v in names.items() if v is not None}
 
 
+MAX_BOOST_BYTES = 64 * 2**20  # a word list of millions of words
+
+
 def read_boost(path) -> list[str]:
     """The words or phrases of a ``--boost`` file: one a line, blank lines and ``#`` comments
     skipped; a file that cannot be read is a one-line :class:`~mmseq.errors.InputError`."""
+    from .data.files import read_regular_file
     from .errors import InputError
-    try:
-        with open(path, encoding="utf-8") as file:
-            lines = [line.strip() for line in file]
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"--boost {path}: cannot read the word list "
-                         f"({getattr(error, 'strerror', None) or error})") from None
+    try:  # (a FIFO, a device or a huge file is refused, not waited on: data/files.py)
+        text = read_regular_file(path, MAX_BOOST_BYTES, "word list").decode("utf-8")
+    except (InputError, UnicodeDecodeError) as error:
+        raise InputError(f"--boost {path}: cannot read the word list ({error})") from None
+    lines = [line.strip() for line in text.splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
 
 
