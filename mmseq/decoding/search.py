@@ -146,7 +146,7 @@ class _Fused:
             log_probs = log_probs * self.attention_weight
         for (scorer, weight), state in zip(self.pairs, self.states):
             if not scorer.partial:
-                log_probs = log_probs + weight * scorer.score(state, tokens, None).float()
+                log_probs = scorer.add_scores(log_probs, state, tokens, weight)
         return log_probs
 
     def candidates(self, log_probs: torch.Tensor, tokens: torch.Tensor, eos: int):

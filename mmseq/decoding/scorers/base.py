@@ -48,6 +48,11 @@ class Scorer:
         ``candidates (rows, count)`` when :attr:`partial`. ``-inf`` forbids a token."""
         raise NotImplementedError
 
+    def add_scores(self, log_probs: torch.Tensor, state, tokens: torch.Tensor, weight: float) -> torch.Tensor:
+        """``log_probs + weight * score(state, tokens, None)`` (not :attr:`partial`): what the search
+        calls. A scorer whose gains are cheaper to add than to build (:class:`ContextBoost`) fuses it."""
+        return torch.add(log_probs, self.score(state, tokens, None).to(log_probs.dtype), alpha=weight)
+
     def advance(self, state, index: torch.Tensor, new_tokens: torch.Tensor):
         """Row ``i`` now continues row ``index[i]`` with ``new_tokens[i]`` (a candidate that the last
         :meth:`score` scored); returns the new state."""

@@ -13,6 +13,7 @@ tokenizer the space token (so the first word of a character hypothesis is not bo
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -45,41 +46,45 @@ class ContextBoost(Scorer):
     prefix of some listed word's tokens, with its depth and whether a whole word ends there. Each
     node's children are a padded row of ``(token, child)`` tables (the roots' in a table of their
     own: a root has a child per distinct first token, the other nodes a few). State, score, advance
-    and select are tensor operations on the search's device, with no host synchronisation; the
-    gains of a step are built from a ``(rows, vocab)`` base (the penalty for leaving the word, by
-    the node's depth) with ``scatter_`` of the continuing tokens and ``scatter_add_`` of the tokens
-    that start a listed word.
+    and select are tensor operations on the search's device, with no host synchronisation. A
+    step's gains are added to the decoder's without building them apart (:meth:`add_scores`): the
+    penalty for leaving the word (by the node's depth) over the whole vocabulary in two broadcast adds, then
+    ``scatter_add_`` of the few tokens that continue the word or start a listed one. Each distinct
+    word is encoded once per search, and the tokenizer's word starts once per tokenizer.
     """
 
     def __init__(self, tokenizer, words: list[list[str]]):
         self.tokenizer = tokenizer
-        # Per id: does it start a word; one more column (False) pads the gains (see score).
-        self.starts = torch.tensor(tokenizer.word_starts() + [False], dtype=torch.bool)
+        starts = word_starts(tokenizer)
+        self.starts = torch.tensor(starts + [False])  # per id (and the pad column): does it start a word
         self.count = len(words)
+        spelled = dict(zip(*_spell(tokenizer, words)))
         children: list[dict[int, int]] = [{} for _ in words]  # per node: token -> child
         self.parent, self.token = [-1] * len(words), [-1] * len(words)  # per node (roots: -1)
         depth, whole = [0] * len(words), [False] * len(words)
         for root, input_words in enumerate(words):
             for word in input_words:
-                ids = tokenizer.encode(" " + word.strip())
-                if not ids or not self.starts[ids[0]]:
+                ids = spelled[word]
+                if not ids or not starts[ids[0]]:
                     continue  # a word that does not start with a word-start token can never be matched
                 node = root
                 for token in ids:
-                    if token not in children[node]:
-                        children[node][token] = len(children)
+                    child = children[node].get(token)
+                    if child is None:
+                        child = children[node][token] = len(children)
                         children.append({})
                         self.parent.append(node)
                         self.token.append(token)
                         depth.append(depth[node] + 1)
                         whole.append(False)
-                    node = children[node][token]
+                    node = child
                 whole[node] = True
         self.give_back = torch.tensor([-d for d in depth], dtype=torch.float32)  # leaving the word: 0 at a root
         self.whole = torch.tensor(whole)
-        pad = tokenizer.vocab_size  # an extra column of the gains, dropped
-        self.root_table = _table(children[:len(words)], pad)  # (inputs, 2, most first tokens)
-        self.inner_table = _table([{}] * len(words) + children[len(words):], pad)  # (nodes, 2, most children)
+        self.word_start_row = torch.tensor([starts], dtype=torch.float32)  # (1, vocab)
+        self.pad = tokenizer.vocab_size  # never a token: a padded child matches nothing
+        self.root_table = _table(children[:len(words)], self.pad)  # (inputs, 2, most first tokens)
+        self.inner_table = _table([{}] * len(words) + children[len(words):], self.pad)  # (nodes, 2, most children)
         self.device = torch.device("cpu")
 
     def word_of(self, node: int) -> tuple[int, ...]:
@@ -92,7 +97,7 @@ class ContextBoost(Scorer):
 
     def _to(self, device) -> None:
         if self.device != device:
-            for name in ("starts", "give_back", "whole", "root_table", "inner_table"):
+            for name in ("starts", "give_back", "whole", "word_start_row", "root_table", "inner_table"):
                 setattr(self, name, getattr(self, name).to(device))
             self.device = device
 
@@ -105,15 +110,26 @@ class ContextBoost(Scorer):
         return BoostState(inputs, inputs.clone(), self)
 
     def score(self, state, tokens, candidates):
-        nodes = state.nodes
-        give_back = self.give_back[nodes].unsqueeze(1)  # (rows, 1): minus the units gained in the word
-        ending = torch.where(self.whole[nodes].unsqueeze(1), 0.0, give_back)  # a whole word keeps them
-        gains = torch.where(self.starts, ending, give_back)  # (rows, vocab + 1): leaving the word
-        gains[:, self.tokenizer.eos_id] = ending[:, 0]
-        gains.scatter_(1, self.inner_table[nodes, 0], 1.0)  # continuing the word: one unit
-        starting = self.root_table[state.inputs, 0]
-        gains.scatter_add_(1, starting, torch.ones(starting.shape, device=gains.device))  # starting a listed word
-        return gains[:, :-1].to(tokens.device)
+        return self.add_scores(torch.zeros(len(state), self.tokenizer.vocab_size, device=self.device), state, tokens, 1.0)
+
+    def add_scores(self, log_probs, state, tokens, weight):
+        """``log_probs + weight * gains`` in two passes over ``(rows, vocab)`` (the give-back of every
+        row, then the units a whole word keeps at the tokens that start the next word), then the
+        few tokens that continue or start a listed word, and ``</s>``, set apart."""
+        nodes, eos = state.nodes, self.tokenizer.eos_id
+        give_back = self.give_back[nodes]  # (rows,): minus the units gained in the word
+        kept = torch.where(self.whole[nodes], -give_back, 0.0)  # a whole word keeps them at the next word
+        out = torch.add(log_probs, give_back.unsqueeze(1).to(log_probs), alpha=weight)
+        out.addcmul_(kept.unsqueeze(1).to(out), self.word_start_row.to(out), value=weight)
+        table = self.inner_table[nodes, 0]  # continuing the word: one unit in place of leaving it
+        continuing = torch.where(table == self.pad, eos, table)  # (padding onto </s>, set below)
+        leaving = give_back.unsqueeze(1) + kept.unsqueeze(1) * self.starts[table]
+        out.scatter_add_(1, continuing, ((1.0 - leaving) * weight).to(out))
+        starting = self.root_table[state.inputs, 0]  # starting a listed word: one more unit
+        starting = torch.where(starting == self.pad, eos, starting)
+        out.scatter_add_(1, starting, torch.full(starting.shape, weight, dtype=out.dtype, device=out.device))
+        out[:, eos] = log_probs[:, eos] + weight * (give_back + kept).to(out)  # ending keeps a whole word's units
+        return out
 
     def advance(self, state, index, new_tokens):
         inputs, nodes = state.inputs[index], state.nodes[index]
@@ -127,15 +143,33 @@ class ContextBoost(Scorer):
         return BoostState(state.inputs[rows], state.nodes[rows], self)
 
 
+_WORD_STARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def word_starts(tokenizer) -> list[bool]:
+    """``tokenizer.word_starts()``, computed once per tokenizer (a pass over its whole vocabulary)."""
+    if tokenizer not in _WORD_STARTS:
+        _WORD_STARTS[tokenizer] = tokenizer.word_starts()
+    return _WORD_STARTS[tokenizer]
+
+
+def _spell(tokenizer, words: list[list[str]]) -> tuple[list[str], list[list[int]]]:
+    """Every distinct word of ``words`` and its ids as a word start (one ``encode`` per distinct word)."""
+    distinct = list(dict.fromkeys(word for input_words in words for word in input_words))
+    return distinct, [tokenizer.encode(" " + word.strip()) for word in distinct]
+
+
 def _table(children: list[dict[int, int]], pad: int) -> torch.Tensor:
     """``(nodes, 2, width)``: each node's child tokens (row 0, ``pad`` after the last) and child
     nodes (row 1, -1 after the last)."""
     width = max((len(c) for c in children), default=0) or 1
     table = torch.full((len(children), 2, width), pad, dtype=torch.long)
     table[:, 1] = -1
-    for node, found in enumerate(children):
-        if found:
-            table[node, :, : len(found)] = torch.tensor([list(found), list(found.values())])
+    rows = [node for node, found in enumerate(children) for _ in found]
+    columns = [column for found in children for column in range(len(found))]
+    if rows:
+        table[rows, 0, columns] = torch.tensor([token for found in children for token in found])
+        table[rows, 1, columns] = torch.tensor([child for found in children for child in found.values()])
     return table
 
 
