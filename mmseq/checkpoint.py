@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .adapters import add_lora, add_route, is_adapter
+from .adapters import add_adapters, add_route, is_adapter
 from .errors import CheckpointError, ConfigError, InputError, TokenizerError
 from .checks import check_task_encoder, check_weights
 from .config import check_checkpoint_config
@@ -277,7 +277,7 @@ def _pointer(config: dict, folder: Path) -> dict:
         raise CheckpointError(f"{source}: prompt_tuning lacks {', '.join(missing)}")
     if not isinstance(record["vectors"], int) or isinstance(record["vectors"], bool) or record["vectors"] < 1 \
             or record["train"] not in ("prompt", "all") or not isinstance(record["task"], str) \
-            or type(record.get("lora", 0)) is not int or record.get("lora", 0) < 0:
+            or any(type(record.get(key, 0)) is not int or record.get(key, 0) < 0 for key in ("lora", "lora_encoder")):
         raise CheckpointError(f"{source}: corrupt prompt_tuning pointer ({record!r:.200})")
     return record
 
@@ -294,9 +294,8 @@ def check_base(record: dict, base: Path, folder: Path) -> None:
 
 
 def _apply(model, folder: Path, record: dict):
-    add_route(model, record["task"], record["from_task"], record["vectors"], bool(record.get("deep")))
-    if record.get("lora"):
-        add_lora(model.decoder, int(record["lora"]))
+    route = add_route(model, record["task"], record["from_task"], record["vectors"], bool(record.get("deep")))
+    add_adapters(model, route, record.get("lora", 0), record.get("lora_encoder", 0))
     weights = read_weights(folder / WEIGHTS_FILE)
     if record["train"] == "prompt":
         own = {name: tensor for name, tensor in model.state_dict().items() if is_adapter(name)}

@@ -124,6 +124,7 @@ class PromptTuningConfig:
     train: str = setting("prompt", Choice("prompt", "all"))  # the vectors only, or every weight (the fine-tuning baseline)
     deep: bool = setting(False, BOOL)  # also a vector per prompt position at every decoder layer's input (P-tuning v2)
     lora: int = setting(0, Int(0, 4096))  # rank of LoRA updates of the decoder's attention, trained with the vectors (0: none)
+    lora_encoder: int = setting(0, Int(0, 4096))  # rank of LoRA updates of every linear layer of the route's encoder (0: none)
 
     def check(self, config: "Config", source: str = "") -> "PromptTuningConfig":
         """The ranges, ``base`` and ``task`` given together, and no setting it cannot go with (EMA,

@@ -60,6 +60,7 @@ class Route:
     ctc_weight: float
     decoding: dict  # DecodingOptions settings over the model's own
     batch_size: float  # batch budget in the task's own unit (multiplies data.batch_size)
+    adapters: object = None  # its LoRA updates' switch (mmseq.adapters.Switch), on only while it is chosen
 
     @property
     def kind(self) -> str:
@@ -115,19 +116,26 @@ class Seq2Seq(nn.Module):
     def route(self, name: str | None = None, kind: str | None = None) -> Route:
         """The route called ``name``; without a name, the model's only route (of task ``kind``,
         when given: an audio file needs no name on a model with one speech route). Otherwise an
-        :class:`InputError` that names the tasks and says how to choose."""
+        :class:`InputError` that names the tasks and says how to choose. Choosing a route turns its
+        adapters (LoRA) on and every other route's off: each batch runs through one route."""
         if name is not None:
             if name not in self.routes:
                 raise InputError(f"this model has no task {name!r}; its tasks: {self._described()}")
-            return self.routes[name]
+            return self._switch(self.routes[name])
         found = [r for r in self.routes.values() if kind is None or r.kind == kind]
         if len(found) == 1:
-            return found[0]
+            return self._switch(found[0])
         wanted = f" of kind {kind!r}" if kind else ""
         if not found:
             raise InputError(f"this model has no task{wanted}; its tasks: {self._described()}")
         raise InputError(f"this model serves several tasks{wanted}: say which with --task (task=...); "
                          f"its tasks: {self._described()}")
+
+    def _switch(self, chosen: Route) -> Route:
+        for route in self.routes.values():
+            if route.adapters is not None:
+                route.adapters.on = route is chosen
+        return chosen
 
     def _described(self) -> str:
         return ", ".join(name if route.kind == name else f"{name} ({route.kind})" for name, route in self.routes.items())

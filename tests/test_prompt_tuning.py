@@ -309,7 +309,7 @@ def test_onnx_export_refuses_a_prompt_tuned_route(tuned, tmp_path):
 
 
 def test_lora_adapters_travel_in_the_small_folder_and_learn_more_than_the_prompt(base, tuned, tmp_path):
-    from mmseq.adapters import add_lora
+    from mmseq.adapters import add_lora, decoder_projections
 
     config = tuning_config(tmp_path, base, lora=2)
     train(load_config(config, ["trainer.lr=0.01"]))
@@ -330,8 +330,31 @@ def test_lora_adapters_travel_in_the_small_folder_and_learn_more_than_the_prompt
     # Zero-initialised B: the adapters alone (before training) leave the base's outputs as they were.
     plain = mmseq.load(base)
     fresh = mmseq.load(base)
-    add_lora(fresh.decoder, 2)
+    add_lora(decoder_projections(fresh.decoder), 2)
     assert fresh.translate(numbers) == plain.translate(numbers)
     manifest = tmp_path / "train.jsonl"
     prompt_only, _ = tuned
     assert new_task_loss(model, "reversed", manifest) < new_task_loss(mmseq.load(prompt_only / "last"), "reversed", manifest)
+
+
+def test_encoder_lora_adapts_every_linear_layer_of_the_encoder_and_travels_in_the_folder(base, tmp_path):
+    config = tuning_config(tmp_path, base, epochs=1, lora_encoder=2)
+    train(load_config(config, ["trainer.lr=0.01"]))
+    folder = tmp_path / "out" / "last"
+    weights = load_file(str(folder / "model.safetensors"))
+    encoder = sorted(name for name in weights if name.startswith("encoders."))
+    linears = [name for name, layer in mmseq.load(base).encoders.named_modules() if isinstance(layer, torch.nn.Linear)]
+    assert linears and len(encoder) == 2 * len(linears) and all(name.endswith((".lora_a", ".lora_b")) for name in encoder)
+    assert not any(name.startswith("decoder.layers") for name in weights)  # lora: 0, the decoder untouched
+    assert mmseq.load(folder).prompt_tuning["lora_encoder"] == 2
+    numbers = ["12", "47"]
+    applied = apply_prompt_tuning(mmseq.load(base), folder, base)
+    assert applied.translate(numbers, task="reversed") == mmseq.load(folder).translate(numbers, task="reversed")
+    # The adapters belong to the new route: the base's own route runs on the base weights, to the bit.
+    manifest = write_manifest(tmp_path / "base.jsonl", [(str(n), spell(str(n))) for n in range(10, 30)])
+    plain = mmseq.load(base)
+    assert new_task_loss(applied, "text", manifest) == new_task_loss(plain, "text", manifest)
+    assert new_task_loss(applied, "reversed", manifest) != new_task_loss(plain, "text", manifest)
+    assert new_task_loss(applied, "text", manifest) == new_task_loss(plain, "text", manifest)  # switched back
+    with pytest.raises(ConfigError, match="lora_encoder"):  # resumed with another rank
+        train(load_config(config, ["prompt_tuning.lora_encoder=4", "trainer.max_epochs=2"]))

@@ -433,11 +433,11 @@ def test_key_biases_change_nothing_and_are_dropped(whisper, tmp_path):
 def test_export_refuses_what_transformers_cannot_hold(whisper, tmp_path):
     from mmseq.errors import CheckpointError
     from mmseq.exporters import export_whisper_transformers
-    from mmseq.adapters import add_lora
+    from mmseq.adapters import add_lora, decoder_projections
     from mmseq.checkpoint import load
 
     model = load(whisper.root / "mmseq-transformers")
-    add_lora(model.decoder, 2)
+    add_lora(decoder_projections(model.decoder), 2)
     with pytest.raises(CheckpointError, match="lora_a.* has no place in transformers' Whisper"):
         export_whisper_transformers(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -9,8 +9,9 @@ vectors (``TextDecoder.add_soft_prompt``) before that route's task token. Only t
 ``deep: true`` gives each prompt position its own vector at every decoder layer's input too
 (deep prompt tuning, as P-tuning v2, Liu et al. 2022), still a few thousand numbers. ``lora: R``
 adds the second adapter form, rank-R LoRA updates of the decoder's attention projections
-(:mod:`mmseq.adapters`), trained with the vectors; unlike the vectors, they change the decoder every
-route goes through, so the base's own tasks are served by the adapted decoder too.
+(:mod:`mmseq.adapters`), trained with the vectors, and ``lora_encoder: R`` the same on every linear
+layer of the route's encoder. Like the vectors, they belong to the new route: the base's own tasks,
+which share the decoder (and encoder), run on the base weights exactly as before.
 
 The run's checkpoints are small folders: ``config.json`` holds only a pointer to the base,
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..adapters import add_lora, add_route, freeze
+from ..adapters import add_adapters, add_route, freeze
 from ..checkpoint import WEIGHTS_FILE, file_sha256, load
 from ..errors import ConfigError, InputError
 from ..tasks import TaskTable
@@ -56,10 +57,10 @@ class PromptTuningStage(Stage):
         if settings.vectors >= room:
             raise ConfigError(f"prompt_tuning.vectors={settings.vectors}: the base's decoder holds "
                               f"{model.decoder.config.max_length} tokens, prompt and text together; give fewer than {room}")
-        add_route(model, settings.task, from_task, settings.vectors, settings.deep)
-        if settings.lora:
-            add_lora(model.decoder, settings.lora)
-        model.prompt_tuning = {"deep": bool(settings.deep), "lora": int(settings.lora), "base": str(settings.base),
+        route = add_route(model, settings.task, from_task, settings.vectors, settings.deep)
+        add_adapters(model, route, settings.lora, settings.lora_encoder)
+        model.prompt_tuning = {"deep": bool(settings.deep), "lora": int(settings.lora),
+                               "lora_encoder": int(settings.lora_encoder), "base": str(settings.base),
                                "base_absolute": str(base.resolve()), "base_sha256": file_sha256(base / WEIGHTS_FILE),
                                "task": settings.task, "from_task": from_task, "vectors": int(settings.vectors),
                                "train": settings.train}
@@ -69,8 +70,8 @@ class PromptTuningStage(Stage):
         """The resumed checkpoint was tuned as the config says (same task, vectors, way of
         training, and base weights)."""
         settings, record = self.config.prompt_tuning, model.prompt_tuning or {}
-        for key in ("task", "vectors", "train", "deep", "lora"):
-            if record.get(key, False) != getattr(settings, key):
+        for key in ("task", "vectors", "train", "deep", "lora", "lora_encoder"):
+            if record.get(key, 0 if key.startswith("lora") else False) != getattr(settings, key):
                 raise ConfigError(f"{folder}: tuned with prompt_tuning.{key}={record.get(key)!r}, the config says "
                                   f"{getattr(settings, key)!r}; resume with the same settings or use another output_dir")
         weights = Path(settings.base) / WEIGHTS_FILE
