@@ -19,6 +19,7 @@ never scored: the sentence before, names or words to expect; a string or a list 
   and ``"prompt"`` field) or context is left out, so that one model works with and without them.
 - ``context_length``: the most context tokens kept (the last ones, as Whisper keeps the end of its
   previous text).
+- ``context_join``: what joins a context given as a list of words or names (default ``", "``).
 
 A row is laid out ``<|context|> context... <s> <|task|> controls prompt text </s>``: the context
 in its own segment before ``<s>``, as Whisper's ``<|startofprev|>``; only text and ``</s>`` are
@@ -38,7 +39,7 @@ ATTRIBUTES = {
     "characters": len,
     "punctuated": lambda text: any(char in string.punctuation for char in text),
 }
-PROMPTING_KEYS = ("controls", "prompt_dropout", "context_dropout", "context_length")
+PROMPTING_KEYS = ("controls", "prompt_dropout", "context_dropout", "context_length", "context_join")
 
 
 def _key(value) -> str:
@@ -104,6 +105,7 @@ class Prompting:
     prompt_dropout: float = 0.0
     context_dropout: float = 0.0
     context_length: int = 64
+    context_join: str = ", "
 
     @classmethod
     def from_settings(cls, settings: dict | None, where: str) -> "Prompting":
@@ -123,6 +125,8 @@ class Prompting:
                 raise ConfigError(f"{where}.prompting.{name}: a share between 0 and 1, got {value!r}")
         if isinstance(made.context_length, bool) or not isinstance(made.context_length, int) or made.context_length < 0:
             raise ConfigError(f"{where}.prompting.context_length: a number of tokens (0 or more), got {made.context_length!r}")
+        if not isinstance(made.context_join, str) or len(made.context_join) > 8:
+            raise ConfigError(f"{where}.prompting.context_join: a short text that joins listed words, got {made.context_join!r}")
         return made
 
     def control_tokens(self, example: dict, text: str | None = None) -> list[str]:

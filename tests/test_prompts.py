@@ -134,6 +134,14 @@ def test_context_keeps_its_last_tokens_up_to_the_configured_length():
     assert model.route().task.context_ids(None) == [] and model.route().task.context_ids([]) == []
 
 
+def test_a_listed_context_is_joined_as_the_route_says():
+    tok = speech_model().tokenizer
+    assert speech_model().route().task.context_ids(["red", "blue"])[1:] == tok.encode("red, blue")
+    assert speech_model({"context_join": " "}).route().task.context_ids(["red", "blue"])[1:] == tok.encode("red blue")
+    with pytest.raises(ConfigError, match="context_join"):
+        speech_model({"context_join": 3})
+
+
 def test_derived_controls_come_from_the_target_in_training_and_from_fields_always():
     prompting = {"controls": [{"attribute": "words", "bins": {"<|short|>": 2, "<|long|>": None}},
                               {"field": "noise", "values": {"noisy": "<|noisy|>"}}]}

@@ -92,10 +92,10 @@ class Task:
 
     def context_ids(self, context) -> list[int]:
         """A context segment: ``<|context|>`` and the last ``context_length`` tokens of ``context``
-        (a text, or a list of words or names, joined by ", "); [] for none."""
+        (a text, or a list of words or names, joined by ``prompting.context_join``); [] for none."""
         if context is None or context == "" or context == []:
             return []
-        text = context if isinstance(context, str) else ", ".join(map(str, context))
+        text = context if isinstance(context, str) else self.prompting.context_join.join(map(str, context))
         marker = self.tokenizer.context_token
         if marker not in self.tokenizer.prompt_tokens:
             raise InputError(f"this model was not trained with contexts (its tokenizer has no {marker} token); "
