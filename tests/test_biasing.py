@@ -53,3 +53,24 @@ def test_lists_hold_the_rare_words_and_distractors_the_utterance_does_not_say(tm
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()  # the same seed, the same lists
     biasing_lists.main(arguments + ["--out", str(tmp_path / "boost.jsonl"), "--as", "context"])
     assert isinstance(json.loads((tmp_path / "boost.jsonl").read_text().splitlines()[0])["context"], str)
+
+
+def test_training_lists_leave_some_lines_without_a_list_or_without_their_own_words(tmp_path):
+    common = tmp_path / "common.txt"
+    common.write_text("the\na\n")
+    vocabulary = tmp_path / "rare.txt"
+    vocabulary.write_text("\n".join(f"word{chr(97 + i)}{chr(97 + j)}" for i in range(26) for j in range(26)))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"u{i}", "text": f"the zorblax{i} a quux{i}"}) + "\n" for i in range(400)))
+    out = tmp_path / "train.jsonl"
+    assert biasing_lists.main([str(manifest), "--n", "30", "--random-n", "--empty", "0.25", "--wrong", "0.25",
+                               "--out", str(out), "--common-words", str(common), "--vocabulary-words", str(vocabulary)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    own = [{f"zorblax{i}", f"quux{i}"} & set(row["biasing"]) for i, row in enumerate(rows)]
+    empty = sum(not row["biasing"] for row in rows)
+    wrong = sum(bool(row["biasing"]) and not found for row, found in zip(rows, own))
+    assert 60 < empty < 140 and 60 < wrong < 140  # a quarter each, of 400
+    assert all(len(found) in (0, 2) for found in own)
+    assert len({len(row["biasing"]) - len(found) for row, found in zip(rows, own) if row["biasing"]}) > 10  # N from 0 to 30
+    with pytest.raises(SystemExit):
+        biasing_lists.main([str(manifest), "--empty", "0.7", "--wrong", "0.5", "--out", str(out)])

@@ -6,14 +6,16 @@ utterance's rare words among N distractors). Conditions (``--conditions``, comma
 
 - ``none``: no list (the list is still used for scoring);
 - ``context``: mmseq, the list as the decoder's context segment (Whisper's ``<|startofprev|>``
-  previous text: the words joined by ", ", its last 223 tokens kept);
+  previous text: the words joined by ``--context-join``, its last 223 tokens kept);
 - ``boost``: mmseq, the list as :class:`mmseq.decoding.scorers.ContextBoost` (shallow fusion over a
   prefix tree of the words' tokens) with weight ``--boost-weight``;
 - ``both``: context and boost;
 - ``fw-none``, ``fw-prompt``, ``fw-hotwords``: faster-whisper without a list, with the list as
   ``initial_prompt`` (joined by ", ") and as ``hotwords`` (joined by spaces); beam ``--beam``.
 
-Every mmseq condition decodes with beam ``--beam``. Audio is read and models are loaded before the
+Every mmseq condition decodes with beam ``--beam``; ``--prompt-tuning FOLDER --task NAME`` decodes
+through a prompt-tuned route applied to ``--mmseq-model`` (the biasing-aware LoRA of
+``recipes/whisper/biasing_lora.yaml``). Audio is read and models are loaded before the
 clock; one clip of warm-up. Time the conditions alone on the machine (``tools/bench_whisper.py``'s
 caveats apply). One line per condition on stdout, appended to ``<out>/biasing.jsonl``::
 
@@ -43,6 +45,10 @@ def run_mmseq(clips, lists, settings, args, condition):
 
     torch.set_num_threads(settings.threads)
     model = mmseq.load(args.mmseq_model, device="cpu")
+    if args.prompt_tuning:
+        from mmseq.checkpoint import apply_prompt_tuning
+
+        apply_prompt_tuning(model, args.prompt_tuning, args.mmseq_model)
     use_context, use_boost = MMSEQ[condition]
     index = {id(clip): i for i, clip in enumerate(clips)}
 
@@ -50,13 +56,15 @@ def run_mmseq(clips, lists, settings, args, condition):
         own = [lists[index[id(clip)]] for clip in batch]
         extra = {}
         if use_context:
-            extra["context"] = own
+            extra["context"] = [args.context_join.join(words) for words in own]
         if use_boost:
             extra.update(boost=own, boost_weight=args.boost_weight)
         return model.transcribe([torch.from_numpy(clip.audio) for clip in batch], beam_size=settings.beam,
-                                batch_size=settings.batch_size, **extra)
+                                batch_size=settings.batch_size, task=args.task, **extra)
 
-    return timed(decode, clips, settings, {"beam": settings.beam, "boost_weight": args.boost_weight if use_boost else 0})
+    return timed(decode, clips, settings, {"beam": settings.beam, "boost_weight": args.boost_weight if use_boost else 0,
+                                           "context_join": args.context_join if use_context else None,
+                                           "prompt_tuning": str(args.prompt_tuning) if args.prompt_tuning else None})
 
 
 def run_faster_whisper(clips, lists, settings, args, condition):
@@ -83,9 +91,13 @@ def main(argv=None) -> int:
     parser.add_argument("manifest", type=Path, help="a manifest with a 'biasing' list per line (tools/biasing_lists.py)")
     parser.add_argument("--conditions", default="none,context,boost,both,fw-none,fw-prompt,fw-hotwords")
     parser.add_argument("--mmseq-model", type=Path, default=Path("exp/whisper-base"))
+    parser.add_argument("--prompt-tuning", type=Path, help="a prompt-tuned folder applied to --mmseq-model (with --task)")
+    parser.add_argument("--task", help="the route of --mmseq-model to decode with (a prompt-tuned one)")
     parser.add_argument("--ct2-model", type=Path, default=DEFAULT_CT2)
     parser.add_argument("--beam", type=int, default=4)
-    parser.add_argument("--boost-weight", type=float, default=2.0)
+    parser.add_argument("--boost-weight", type=float, default=1.0)
+    parser.add_argument("--context-join", default=", ", help="what joins the listed words into the context text")
+    parser.add_argument("--tag", default="", help="added to the per-clip files' names (runs of other settings)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int)
@@ -107,7 +119,7 @@ def main(argv=None) -> int:
         print(json.dumps(line), flush=True)
         with open(args.out / "biasing.jsonl", "a") as log:
             log.write(json.dumps(line) + "\n")
-        with open(args.out / f"{args.manifest.stem}.{condition}.jsonl", "w") as per_clip:
+        with open(args.out / f"{args.manifest.stem}.{condition}{args.tag}.jsonl", "w") as per_clip:
             for clip, hyp, words in zip(clips, run.hyps, lists):
                 per_clip.write(json.dumps({"id": clip.id, "ref": clip.text, "hyp": hyp, "listed": words}) + "\n")
     return 0

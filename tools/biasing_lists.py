@@ -14,6 +14,13 @@ The output is the manifest with a ``biasing`` field per line (the list); ``--as 
 ``--as context`` writes it as the field mmseq reads (``boost``: shallow fusion; ``context``: the
 words joined as the decoder's context segment). Score with :func:`mmseq.metrics.biasing.biased_word_errors`.
 The same seed gives the same lists.
+
+For training a model to use its list (biasing-aware fine-tuning), ``--random-n`` draws each line's
+number of distractors from 0 to N, and ``--empty P`` / ``--wrong P`` give a share P of lines no list
+or a list of distractors alone (none of its own words), so that it learns to ignore what is not said::
+
+    python tools/biasing_lists.py data/synth_speech/train.jsonl --n 100 --random-n --empty 0.15 --wrong 0.15 \
+        --as context --out data/synth_speech/train_context.jsonl
 """
 
 from __future__ import annotations
@@ -49,9 +56,11 @@ def rare_words(text: str, common: set[str]) -> list[str]:
     return list(dict.fromkeys(w for w in normalize_text(text).split() if w not in common and not w.isdigit()))
 
 
-def biasing_list(text: str, common: set[str], vocabulary: list[str], n: int, rng: random.Random) -> list[str]:
-    """The utterance's rare words and ``n`` distractors (rare words it does not say), shuffled."""
-    own = rare_words(text, common)
+def biasing_list(text: str, common: set[str], vocabulary: list[str], n: int, rng: random.Random,
+                 own_words: bool = True) -> list[str]:
+    """The utterance's rare words (unless not ``own_words``) and ``n`` distractors (rare words it
+    does not say), shuffled."""
+    own = rare_words(text, common) if own_words else []
     said = set(normalize_text(text).split())
     distractors = []
     while len(distractors) < n:
@@ -75,7 +84,12 @@ def main(argv=None) -> int:
     parser.add_argument("--common-words", help="a file of words, most frequent first (default: wordfreq's English)")
     parser.add_argument("--vocabulary-words", help="a file of rare words distractors are drawn from (default: wordfreq)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-n", action="store_true", help="each line: from 0 to --n distractors (training lists)")
+    parser.add_argument("--empty", type=float, default=0.0, help="the share of lines given no list (training lists)")
+    parser.add_argument("--wrong", type=float, default=0.0, help="the share of lines given distractors alone (training lists)")
     args = parser.parse_args(argv)
+    if not (0 <= args.empty and 0 <= args.wrong and args.empty + args.wrong <= 1):
+        parser.error(f"--empty {args.empty} and --wrong {args.wrong}: shares from 0 to 1 that add up to at most 1")
     common, vocabulary = word_lists(args.common_words, args.vocabulary_words, args.common, args.vocabulary)
     vocabulary = [w for w in vocabulary if w not in common]
     if len(vocabulary) < 2 * args.n:
@@ -89,7 +103,10 @@ def main(argv=None) -> int:
         row = json.loads(line)
         if "text" not in row:
             parser.error(f"{args.manifest}:{number}: no 'text' to draw rare words from")
-        words = biasing_list(row["text"], common, vocabulary, args.n, rng)
+        draw = rng.random() if args.empty or args.wrong else 1.0  # (drawn only then: the plain lists stay as they were)
+        n = rng.randint(0, args.n) if args.random_n else args.n
+        words = [] if draw < args.empty else biasing_list(row["text"], common, vocabulary, n, rng,
+                                                           own_words=draw >= args.empty + args.wrong)
         rare += len(rare_words(row["text"], common))
         if "audio" in row and not Path(row["audio"]).is_absolute():
             row["audio"] = str(base / row["audio"])  # the output may live elsewhere
