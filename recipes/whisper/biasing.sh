@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Contextual biasing on real speech (after run.sh, with data/real/cv100 from tools/real_speech.py): lists built
+# as the LibriSpeech biasing lists, the biasing-aware LoRA trained on espeak-ng speech, then every way of giving
+# the list to Whisper-base beside faster-whisper's (tools/bench_biasing.py; time it alone on the machine).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VENV="$(bash tools/setup.sh)"
+PYTHON="$VENV/bin/python"
+"$PYTHON" -c "import wordfreq, faster_whisper" 2>/dev/null || "$VENV/bin/pip" install -q -e ".[test,bench]"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+LISTS=exp/biasing/lists
+
+for n in 100 1000; do
+  "$PYTHON" tools/biasing_lists.py data/real/cv100/manifest.jsonl --n "$n" --out "$LISTS/cv100_n$n.jsonl"
+done
+for split in train:1 valid:2; do  # training lists: 0-100 distractors, 15 % none, 15 % distractors alone
+  "$PYTHON" tools/biasing_lists.py "data/synth_speech/${split%%:*}.jsonl" --n 100 --random-n --empty 0.15 --wrong 0.15 \
+    --as context --seed "${split#*:}" --out "data/synth_speech/${split%%:*}_context.jsonl"
+done
+"$VENV/bin/mmseq" train recipes/whisper/biasing_lora.yaml
+
+BENCH=("$PYTHON" tools/bench_biasing.py --threads 2 --context-join " " --boost-weight 1 --out exp/biasing/test)
+LORA=(--prompt-tuning exp/whisper_biasing_lora/best --task biased --tag .lora)
+for n in 100 1000; do
+  "${BENCH[@]}" "$LISTS/cv100_n$n.jsonl" --conditions none,context,boost,both,fw-prompt,fw-hotwords
+  "${BENCH[@]}" "$LISTS/cv100_n$n.jsonl" --conditions context,both "${LORA[@]}"
+done
