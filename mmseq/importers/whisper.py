@@ -96,9 +96,10 @@ def whisper_config(source: WhisperSource, tokenizer, tail: float = 30.0, languag
                "scale_embedding": False,
                "alignment_heads": [list(map(int, h)) for h in source.alignment_heads] if source.alignment_heads else None}
     route = {"task": "asr", "encoder": encoder, "ctc_weight": 0.0, "prompt": " ".join(prompt),
-             # a list in the context is joined by spaces, as faster-whisper's hotwords: more words fit in the
-             # 223 tokens than joined by ", " (chosen on LJSpeech clips, tools/bench_biasing.py --context-join)
-             "prompting": {"context_length": dims["n_text_ctx"] // 2 - 1, "context_join": " "}}
+             # a list in the context is joined by ", " (the default): joined by spaces, lower-case words without
+             # punctuation, it fits more words but Whisper answers in their style and repeats short clips to
+             # the end of its room (4 of 100 Common Voice clips; tools/bench_biasing.py --context-join " ")
+             "prompting": {"context_length": dims["n_text_ctx"] // 2 - 1}}
     return {"model": {"decoder": decoder, "label_smoothing": 0.0, "tasks": {"asr": route}},
             "tokenizer": tokenizer.config(),
             "decoding": {"max_length": dims["n_text_ctx"] // 2, "suppress_tokens": [int(i) for i in suppress],
