@@ -19,9 +19,12 @@ for split in train:1 valid:2; do  # training lists: 0-100 distractors, 15 % none
 done
 "$VENV/bin/mmseq" train recipes/whisper/biasing_lora.yaml
 
-BENCH=("$PYTHON" tools/bench_biasing.py --threads 2 --context-join " " --boost-weight 1 --out exp/biasing/test)
-LORA=(--prompt-tuning exp/whisper_biasing_lora/best --task biased --tag .lora)
+# Weights as chosen on LJSpeech (data/real/ljspeech): 1 with the context, 3 for the boost alone.
+BENCH=("$PYTHON" tools/bench_biasing.py --threads 2 --out exp/biasing/test)
+LORA=(--prompt-tuning exp/whisper_biasing_lora/best --task biased --context-join " " --boost-weight 1 --tag .lora)
 for n in 100 1000; do
-  "${BENCH[@]}" "$LISTS/cv100_n$n.jsonl" --conditions none,context,boost,both,fw-prompt,fw-hotwords
+  "${BENCH[@]}" "$LISTS/cv100_n$n.jsonl" --conditions none,context,both,fw-prompt,fw-hotwords --boost-weight 1
+  "${BENCH[@]}" "$LISTS/cv100_n$n.jsonl" --conditions boost --boost-weight 3 --tag .w3
   "${BENCH[@]}" "$LISTS/cv100_n$n.jsonl" --conditions context,both "${LORA[@]}"
 done
+"$PYTHON" tools/bench_boost_cost.py "$LISTS/cv100_n1000.jsonl"
