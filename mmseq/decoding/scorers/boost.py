@@ -48,9 +48,9 @@ class ContextBoost(Scorer):
     own: a root has a child per distinct first token, the other nodes a few). State, score, advance
     and select are tensor operations on the search's device, with no host synchronisation. A
     step's gains are added to the decoder's without building them apart (:meth:`add_scores`): the
-    penalty for leaving the word (by the node's depth) over the whole vocabulary in two broadcast adds, then
-    ``scatter_add_`` of the few tokens that continue the word or start a listed one. Each distinct
-    word is encoded once per search, and the tokenizer's word starts once per tokenizer.
+    penalty for leaving the word (by the node's depth) over the whole vocabulary in two broadcast
+    adds, then ``scatter_add_`` of the few tokens that continue the word or start a listed one.
+    Each distinct word is encoded once per search, the tokenizer's word starts once per tokenizer.
     """
 
     def __init__(self, tokenizer, words: list[list[str]]):
