@@ -19,7 +19,15 @@ for split in train:1 valid:2; do  # training lists: 0-100 distractors, 15 % none
 done
 "$VENV/bin/mmseq" train recipes/whisper/biasing_lora.yaml
 
-# Weights as chosen on LJSpeech (data/real/ljspeech): 1 with the context, 3 for the boost alone.
+# The dev set the settings were chosen on (LJSpeech clips, data/real/ljspeech): boost weights, context joins.
+"$PYTHON" tools/biasing_lists.py data/real/ljspeech/manifest.jsonl --n 100 --out "$LISTS/lj_n100.jsonl"
+DEV=("$PYTHON" tools/bench_biasing.py "$LISTS/lj_n100.jsonl" --threads 2 --out exp/biasing/dev2)
+"${DEV[@]}" --conditions none,context
+"${DEV[@]}" --conditions context --context-join " " --tag .space
+for w in 0.5 1 2 3; do "${DEV[@]}" --conditions boost --boost-weight "$w" --tag ".w$w"; done
+for w in 1 2; do "${DEV[@]}" --conditions both --boost-weight "$w" --context-join " " --tag ".space.w$w"; done
+
+# Weights as chosen there: 1 with the context (2 ran away), 3 for the boost alone.
 BENCH=("$PYTHON" tools/bench_biasing.py --threads 2 --out exp/biasing/test)
 LORA=(--prompt-tuning exp/whisper_biasing_lora/best --task biased --context-join " " --boost-weight 1 --tag .lora)
 for n in 100 1000; do
