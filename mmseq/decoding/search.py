@@ -285,7 +285,8 @@ def beam_search(model, memory, memory_mask, prompt: list[int] = (), options: Dec
     at its length limit or when no live hypothesis can beat its finished ones:
 
     * always, when none can reach its ``nbest``-th finished score at any length still allowed
-      (step scores are log-probabilities, so this bound is exact);
+      (step scores are log-probabilities, so this bound is exact; a fused scorer whose gains can
+      be positive, the context boost, makes it a heuristic too);
     * with ``early_stopping="heuristic"`` (the default, Hugging Face's rule), also once the pool
       is full and the best live hypothesis, scored at its current length, does not beat the
       worst finished one. With ``length_penalty > 0`` the exact bound alone rarely stops before
