@@ -79,15 +79,15 @@ def add_lora(targets: list[tuple[str, nn.Linear]], rank: int, alpha: float | Non
 
 def add_adapters(model, route, decoder_rank: int, encoder_rank: int = 0) -> None:
     """LoRA of ``route`` (of ``model``): rank ``decoder_rank`` on the decoder's attention and
-    ``encoder_rank`` on every linear layer of its encoder (0: none). They apply to that route alone:
-    the others, which share the decoder and perhaps the encoder, run on the base weights."""
+    ``encoder_rank`` on every linear layer of its encoder (0: none), switched on. They apply to that
+    route alone: the others, which share the decoder and perhaps the encoder, run on the base weights
+    once chosen (:meth:`mmseq.model.Seq2Seq.route`)."""
     if decoder_rank or encoder_rank:
         route.adapters = Switch()
     if decoder_rank:
         add_lora(decoder_projections(model.decoder), decoder_rank, switch=route.adapters)
     if encoder_rank:
         add_lora(linear_layers(route.encoder), encoder_rank, switch=route.adapters)
-    model.route(route.name)
 
 
 def is_lora(name: str) -> bool:

@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import unicodedata
+import weakref
 from pathlib import Path
 from typing import Iterable
 
@@ -346,6 +347,17 @@ class BPETokenizer(Tokenizer):
 
     def save(self, folder: str | Path) -> None:
         (Path(folder) / self.file_name).write_bytes(self.model_bytes)
+
+
+_WORD_STARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def cached_word_starts(tokenizer: Tokenizer) -> list[bool]:
+    """``tokenizer.word_starts()``, computed once per tokenizer (a pass over its whole vocabulary)."""
+    starts = _WORD_STARTS.get(tokenizer)
+    if starts is None:
+        starts = _WORD_STARTS[tokenizer] = tokenizer.word_starts()
+    return starts
 
 
 def _first_line(error: Exception) -> str:

@@ -30,13 +30,13 @@ from __future__ import annotations
 import math
 import string
 import unicodedata
-import weakref
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..tokenizer import cached_word_starts
 from .longform import HOP_SECONDS, frame_energy
 
 
@@ -131,9 +131,6 @@ def alignment_heads(decoder) -> list[tuple[int, int]]:
     return [(layer, head) for layer in range(layers // 2, layers) for head in range(config.heads)]
 
 
-_WORD_STARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def _places_word(text: str) -> bool:
     """Whether a token's text holds more than whitespace and punctuation."""
     return any(not (ch.isspace() or unicodedata.category(ch).startswith("P") or ch in string.punctuation)
@@ -154,9 +151,7 @@ def word_spans(tokenizer, tokens: list[int]) -> list[tuple[str, list[int]]]:
     >>> word_spans(tokenizer, tokenizer.encode("a red,"))
     [('a', [0]), ('red,', [2, 3, 4])]
     """
-    starts = _WORD_STARTS.get(tokenizer)
-    if starts is None:
-        starts = _WORD_STARTS[tokenizer] = tokenizer.word_starts()
+    starts = cached_word_starts(tokenizer)
     groups: list[list[int]] = []
     for position, token in enumerate(tokens):
         if not groups or (0 <= token < len(starts) and starts[token]):

@@ -71,7 +71,7 @@ class PromptTuningStage(Stage):
         training, and base weights)."""
         settings, record = self.config.prompt_tuning, model.prompt_tuning or {}
         for key in ("task", "vectors", "train", "deep", "lora", "lora_encoder"):
-            if record.get(key, 0 if key.startswith("lora") else False) != getattr(settings, key):
+            if record.get(key, False) != getattr(settings, key):  # (False == 0: an older record without lora)
                 raise ConfigError(f"{folder}: tuned with prompt_tuning.{key}={record.get(key)!r}, the config says "
                                   f"{getattr(settings, key)!r}; resume with the same settings or use another output_dir")
         weights = Path(settings.base) / WEIGHTS_FILE

@@ -13,12 +13,12 @@ tokenizer the space token (so the first word of a character hypothesis is not bo
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
 
 from ...errors import InputError
+from ...tokenizer import cached_word_starts
 from .base import Scorer
 
 
@@ -55,10 +55,10 @@ class ContextBoost(Scorer):
 
     def __init__(self, tokenizer, words: list[list[str]]):
         self.tokenizer = tokenizer
-        starts = word_starts(tokenizer)
+        starts = cached_word_starts(tokenizer)
         self.starts = torch.tensor(starts + [False])  # per id (and the pad column): does it start a word
         self.count = len(words)
-        spelled = dict(zip(*_spell(tokenizer, words)))
+        spelled = _spell(tokenizer, words)
         children: list[dict[int, int]] = [{} for _ in words]  # per node: token -> child
         self.parent, self.token = [-1] * len(words), [-1] * len(words)  # per node (roots: -1)
         depth, whole = [0] * len(words), [False] * len(words)
@@ -143,20 +143,10 @@ class ContextBoost(Scorer):
         return BoostState(state.inputs[rows], state.nodes[rows], self)
 
 
-_WORD_STARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def word_starts(tokenizer) -> list[bool]:
-    """``tokenizer.word_starts()``, computed once per tokenizer (a pass over its whole vocabulary)."""
-    if tokenizer not in _WORD_STARTS:
-        _WORD_STARTS[tokenizer] = tokenizer.word_starts()
-    return _WORD_STARTS[tokenizer]
-
-
-def _spell(tokenizer, words: list[list[str]]) -> tuple[list[str], list[list[int]]]:
-    """Every distinct word of ``words`` and its ids as a word start (one ``encode`` per distinct word)."""
-    distinct = list(dict.fromkeys(word for input_words in words for word in input_words))
-    return distinct, [tokenizer.encode(" " + word.strip()) for word in distinct]
+def _spell(tokenizer, words: list[list[str]]) -> dict[str, list[int]]:
+    """Each distinct word of ``words``: its ids as a word start (one ``encode`` per distinct word)."""
+    distinct = dict.fromkeys(word for input_words in words for word in input_words)
+    return {word: tokenizer.encode(" " + word.strip()) for word in distinct}
 
 
 def _table(children: list[dict[int, int]], pad: int) -> torch.Tensor:
